@@ -1,0 +1,5 @@
+import sys
+
+from symbol_tuning.cli import main
+
+sys.exit(main())

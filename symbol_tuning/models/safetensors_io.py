@@ -1,0 +1,115 @@
+"""Reading and writing HF safetensors checkpoints (single file or sharded with an index), strictly.
+
+Never unpickles anything: only `.safetensors` files are read.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tensors do not match what the model config expects."""
+
+
+def checkpoint_files(path: str) -> list[str]:
+    """The safetensors files of an HF checkpoint directory (or a single file path)."""
+    if os.path.isfile(path):
+        if not path.endswith(".safetensors"):
+            raise ValueError(f"{path}: only .safetensors checkpoints are read (pickled .bin files are refused)")
+        return [path]
+    index = os.path.join(path, INDEX_NAME)
+    if os.path.exists(index):
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: no 'weight_map' object")
+        return [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
+    single = os.path.join(path, SINGLE_NAME)
+    if os.path.exists(single):
+        return [single]
+    raise FileNotFoundError(
+        f"{path}: no {SINGLE_NAME} or {INDEX_NAME} (only safetensors checkpoints are supported)")
+
+
+def load_tensors(path: str) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint as numpy arrays (bf16 is widened to float32)."""
+    out: dict[str, np.ndarray] = {}
+    for file in checkpoint_files(path):
+        with safe_open(file, framework="numpy") as f:
+            for name in f.keys():
+                if name in out:
+                    raise CheckpointMismatchError(f"{file}: tensor {name!r} appears in more than one shard")
+                out[name] = _load_one(f, file, name)
+    return out
+
+
+def _load_one(handle, file: str, name: str) -> np.ndarray:
+    try:
+        return handle.get_tensor(name)
+    except TypeError:  # bfloat16 has no numpy dtype in safetensors' numpy backend
+        import torch  # only needed for bf16 checkpoints
+        from safetensors.torch import load_file
+
+        return load_file(file)[name].to(torch.float32).numpy()
+
+
+def check_tensors(tensors: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]], *,
+                  source: str, ignore: tuple[str, ...] = ()) -> None:
+    """Raise CheckpointMismatchError naming every missing, extra or misshaped tensor."""
+    problems = []
+    for name in sorted(expected):
+        if name not in tensors:
+            problems.append(f"missing tensor {name!r} (expected shape {tuple(expected[name])})")
+        elif tuple(tensors[name].shape) != tuple(expected[name]):
+            problems.append(f"tensor {name!r} has shape {tuple(tensors[name].shape)}, "
+                            f"expected {tuple(expected[name])}")
+    for name in sorted(set(tensors) - set(expected)):
+        if not any(name.endswith(suffix) for suffix in ignore):
+            problems.append(f"unexpected tensor {name!r} with shape {tuple(tensors[name].shape)}")
+    if problems:
+        raise CheckpointMismatchError(f"{source}: " + "; ".join(problems))
+
+
+def save_tensors(tensors: Mapping[str, np.ndarray], directory: str, *, max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write tensors as model.safetensors, or as shards plus an index when larger than max_shard_bytes.
+
+    Files are written under temporary names and renamed at the end, so a failed export leaves no
+    checkpoint that looks complete.
+    """
+    os.makedirs(directory, exist_ok=True)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        if shards[-1] and size + arr.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = arr
+        size += arr.nbytes
+    if len(shards) == 1:
+        names = [SINGLE_NAME]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    written = []
+    for name, shard in zip(names, shards):
+        tmp = os.path.join(directory, name + ".tmp")
+        save_file(shard, tmp, metadata={"format": "pt"})
+        written.append((tmp, os.path.join(directory, name)))
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": int(sum(a.nbytes for a in tensors.values()))},
+                 "weight_map": {t: n for n, s in zip(names, shards) for t in s}}
+        tmp = os.path.join(directory, INDEX_NAME + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2)
+        written.append((tmp, os.path.join(directory, INDEX_NAME)))
+    for tmp, final in written:
+        os.replace(tmp, final)
