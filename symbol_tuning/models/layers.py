@@ -1,0 +1,162 @@
+"""Layers shared by both model families, with logical axis names on every parameter.
+
+Parameters are float32 by default (`param_dtype`) and computation runs in `dtype` (bfloat16 by
+default in configs); normalisation statistics and softmax are always computed in float32.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+DType = jnp.dtype
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """Annotate an activation with logical axis names (a no-op outside a mesh/rules context)."""
+    return nn.with_logical_constraint(x, tuple(axes))
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale and no bias (T5 LayerNorm, Llama RMSNorm)."""
+
+    epsilon: float = 1e-6
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+    axis_name: str = "embed"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+                           (features,), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        return (normed * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class DenseGeneral(nn.Module):
+    """A bias-free dense layer over the trailing `in_axes` dims to `features` (int or tuple) dims.
+
+    The kernel has shape (*input dims, *features) and logical names `kernel_axes` of the same rank.
+    """
+
+    features: int | tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    in_axes: int = 1
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+    kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        in_shape = x.shape[x.ndim - self.in_axes:]
+        kernel_shape = tuple(in_shape) + features
+        if len(self.kernel_axes) != len(kernel_shape):
+            raise ValueError(f"{self.name}: kernel_axes {self.kernel_axes} do not match kernel shape {kernel_shape}")
+
+        def init(key, shape, dtype):
+            flat = (math.prod(shape[:self.in_axes]), math.prod(shape[self.in_axes:]))
+            return self.kernel_init(key, flat, dtype).reshape(shape)
+
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.kernel_axes), kernel_shape,
+                            self.param_dtype)
+        contract_x = tuple(range(x.ndim - self.in_axes, x.ndim))
+        contract_k = tuple(range(self.in_axes))
+        return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                   ((contract_x, contract_k), ((), ())))
+
+
+class Embed(nn.Module):
+    """Token embedding table [vocab, embed]; `attend` gives logits against the same table (tied)."""
+
+    num_embeddings: int
+    features: int
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+    embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding", nn.with_logical_partitioning(self.embedding_init, ("vocab", "embed")),
+            (self.num_embeddings, self.features), self.param_dtype)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype))
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # T5.1.1 / Flan-T5 gated-GELU
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "silu": jax.nn.silu,  # Llama SwiGLU
+    "relu": jax.nn.relu,
+}
+
+
+class GatedMLP(nn.Module):
+    """act(x W_0) * (x W_1) then W_o: T5.1.1 gated-GELU and Llama SwiGLU."""
+
+    hidden: int
+    activation: str = "gelu_new"
+    dropout_rate: float = 0.0
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+    kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; known: {sorted(ACTIVATIONS)}")
+        dense = lambda feats, axes, name: DenseGeneral(  # noqa: E731
+            feats, kernel_axes=axes, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=self.kernel_init, name=name)
+        gate = dense(self.hidden, ("embed", "mlp"), "wi_0")(x)
+        up = dense(self.hidden, ("embed", "mlp"), "wi_1")(x)
+        h = ACTIVATIONS[self.activation](gate) * up
+        h = constrain(h, ("batch", "length", "mlp"))
+        h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
+        return dense(x.shape[-1], ("mlp", "embed"), "wo")(h)
+
+
+def attention(query: jax.Array, key: jax.Array, value: jax.Array, *, bias: jax.Array | None = None,
+              mask: jax.Array | None = None, scale: float | None = None,
+              implementation: str | None = None) -> jax.Array:
+    """Scaled dot-product attention in [batch, length, heads, head_dim] layout via
+    `jax.nn.dot_product_attention` (fused cuDNN kernels on GPU when the inputs allow).
+
+    key/value may have fewer heads than query (grouped-query / multi-query attention). `bias` is added
+    to the logits ([B or 1, N, T, S]); `mask` is boolean ([B or 1, 1 or N, T, S], True = attend).
+    Softmax is computed in float32.
+    """
+    return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=scale,
+                                        implementation=implementation)
+
+
+def make_attention_mask(query_ok: jax.Array, key_ok: jax.Array, *, causal: bool = False,
+                        query_segment_ids: jax.Array | None = None, key_segment_ids: jax.Array | None = None,
+                        causal_prefix: jax.Array | None = None) -> jax.Array:
+    """Boolean mask [B, 1, T, S] from validity flags [B, T] / [B, S], packing segment ids and causality.
+
+    With `causal_prefix` [B, S] (1 on a prefix-LM's input tokens), keys in the prefix are visible to
+    every query of the same segment (bidirectional prefix), the rest causally.
+    """
+    mask = query_ok[:, :, None].astype(bool) & key_ok[:, None, :].astype(bool)
+    if query_segment_ids is not None and key_segment_ids is not None:
+        mask &= query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
+    if causal:
+        t, s = query_ok.shape[1], key_ok.shape[1]
+        causal_mask = jnp.arange(t)[:, None] >= jnp.arange(s)[None, :]
+        if causal_prefix is not None:
+            causal_mask = causal_mask[None] | causal_prefix[:, None, :].astype(bool)
+        else:
+            causal_mask = causal_mask[None]
+        mask &= causal_mask
+    return mask[:, None]
