@@ -60,8 +60,6 @@ def _text(value: Any, *, dataset: str, where: str, field: str) -> str:
             raise DataError(f"{dataset}: {where}: field {field!r} is not valid UTF-8 ({e.reason} at byte {e.start})")
     if not isinstance(value, str):
         value = str(value)
-    if "\ufffd" in value:
-        raise DataError(f"{dataset}: {where}: field {field!r} holds undecodable bytes (U+FFFD)")
     value = value.strip()
     if not value:
         raise DataError(f"{dataset}: {where}: field {field!r} is empty")

@@ -1,0 +1,495 @@
+"""A user's own classification data from local files (JSONL, JSON, CSV, TSV, plain lines, regex lines).
+
+Every reader yields `(where, record)` pairs with `where` = "<file>:<line>" and the records become
+`Example`s through `rows.make_examples`, so a bad row is reported (or, with `skip_bad_rows=True`,
+dropped and counted) exactly like a bad row from the hub. Files are read as bytes and decoded line by
+line, so a non-UTF-8 byte is reported with its file and line. A row that cannot even be parsed (bad
+JSON line, wrong CSV column count, regex mismatch, undecodable bytes) travels as a `BadRow`, whose
+field access raises its `DataError`: `make_examples` then raises or skips it like any other bad row.
+
+Layouts: one file; "parallel" (a text file and a labels file read in lock step, as TweetEval ships);
+"per_label_files" (one file per label, as SUBJ and Rotten Tomatoes ship).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import re
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from symbol_tuning.examples import ClassificationData, Example
+from symbol_tuning.rows import DataError, FieldMapping, make_examples
+
+FORMATS = ("jsonl", "json", "csv", "tsv", "lines", "regex")
+_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
+               ".txt": "lines"}
+_TEXT_LABEL = FieldMapping(text_fields=("text",), label_field="label")
+log = logging.getLogger(__name__)
+
+
+class BadRow(Mapping[str, Any]):
+    """A row that could not be parsed; reading any field raises its DataError (see module docstring)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def __getitem__(self, key: str) -> Any:
+        raise DataError(self.message)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key]
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def infer_format(path: str) -> str:
+    """The file format from the file extension, or ValueError naming the file and the known formats."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _EXTENSIONS:
+        raise ValueError(f"{path}: cannot infer the file format from extension {ext!r}; pass file_format= "
+                         f"one of {FORMATS}")
+    return _EXTENSIONS[ext]
+
+
+def _read_bytes(path: str, dataset: str) -> bytes:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{dataset}: data file {path} does not exist")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _lines(path: str, *, encoding: str, dataset: str) -> Iterator[tuple[int, str | None, str]]:
+    """(line number, decoded line without its newline or None if undecodable, error message) per line."""
+    data = _read_bytes(path, dataset)
+    parts = data.split(b"\n")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    for i, raw in enumerate(parts):
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        try:
+            line = raw.decode(encoding)
+        except UnicodeDecodeError as e:
+            yield i + 1, None, (f"{dataset}: {path}:{i + 1}: not valid {encoding} ({e.reason} at byte {e.start} "
+                                f"of the line)")
+            continue
+        if i == 0 and line.startswith("\ufeff"):
+            line = line[1:]
+        yield i + 1, line, ""
+
+
+def _bad(message: str, strict: bool) -> BadRow:
+    if strict:
+        raise DataError(message)
+    return BadRow(message)
+
+
+def _check_fields(fields: Sequence[str] | None, available: Sequence[str], *, where: str, dataset: str,
+                  what: str) -> None:
+    for field in fields or ():
+        if field not in available:
+            raise DataError(f"{dataset}: {where}: unknown field {field!r}; the {what} has {list(available)}")
+
+
+def _jsonl(path, *, encoding, dataset, strict):
+    for n, line, err in _lines(path, encoding=encoding, dataset=dataset):
+        where = f"{path}:{n}"
+        if line is None:
+            yield where, _bad(err, strict)
+            continue
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield where, _bad(f"{dataset}: {where}: malformed JSON ({e.msg} at column {e.colno})", strict)
+            continue
+        if not isinstance(record, dict):
+            yield where, _bad(f"{dataset}: {where}: JSON line is a {type(record).__name__}, not an object", strict)
+            continue
+        yield where, record
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _json(path, *, encoding, dataset, strict):
+    """Records of a JSON list of objects, or of an object of objects (keyed records), with line numbers."""
+    text = _read_bytes(path, dataset).decode(encoding, errors="replace").lstrip("\ufeff")
+    decoder = json.JSONDecoder()
+    line, counted = 1, 0
+
+    def line_at(pos: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, pos)
+        counted = pos
+        return line
+
+    def fail(pos: int, msg: str) -> DataError:
+        return DataError(f"{dataset}: {path}:{line_at(pos)}: malformed JSON ({msg})")
+
+    i = _skip_ws(text, 0)
+    if i >= len(text) or text[i] not in "[{":
+        raise fail(i, "expected a list of objects or an object of objects")
+    closer, keyed = ("]", False) if text[i] == "[" else ("}", True)
+    i = _skip_ws(text, i + 1)
+    if i < len(text) and text[i] == closer:
+        return
+    while True:
+        try:
+            if keyed:
+                _, i = decoder.raw_decode(text, i)
+                i = _skip_ws(text, i)
+                if i >= len(text) or text[i] != ":":
+                    raise fail(i, "expected ':' after a key")
+                i = _skip_ws(text, i + 1)
+            start = i
+            record, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            raise fail(e.pos, e.msg) from None
+        where = f"{path}:{line_at(start)}"
+        if isinstance(record, dict):
+            yield where, record
+        else:
+            yield where, _bad(f"{dataset}: {where}: JSON record is a {type(record).__name__}, not an object",
+                              strict)
+        i = _skip_ws(text, i)
+        if i < len(text) and text[i] == ",":
+            i = _skip_ws(text, i + 1)
+        elif i < len(text) and text[i] == closer:
+            return
+        else:
+            raise fail(i, f"expected ',' or {closer!r}")
+
+
+def _delimited(path, *, encoding, dataset, strict, delimiter, quoting, has_header, columns, fields):
+    decoded: list[str] = []
+    bad_lines: dict[int, str] = {}
+    for n, line, err in _lines(path, encoding=encoding, dataset=dataset):
+        if line is None:
+            bad_lines[n] = err
+            line = ""
+        decoded.append(line + "\n")
+    reader = csv.reader(iter(decoded), delimiter=delimiter,
+                        quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE)
+    names: list[str] | None = list(columns) if columns is not None else None
+    previous_end = 0
+    header_done = not has_header
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"{dataset}: {path}:{reader.line_num}: malformed {delimiter!r}-separated row ({e})")
+        start, previous_end = previous_end + 1, reader.line_num
+        where = f"{path}:{start}"
+        bad = [bad_lines[n] for n in range(start, previous_end + 1) if n in bad_lines]
+        if not header_done:
+            header_done = True
+            if bad:
+                raise DataError(bad[0])
+            if names is None:
+                names = [c.strip() for c in row]
+            _check_fields(fields, names, where=where, dataset=dataset, what="header")
+            continue
+        if not row or (len(row) == 1 and not row[0].strip() and not bad):
+            continue
+        if names is None:
+            names = [str(i) for i in range(len(row))]
+            _check_fields(fields, names, where=where, dataset=dataset, what="file (columns 0..n-1)")
+        if bad:
+            yield where, _bad(bad[0], strict)
+        elif len(row) != len(names):
+            yield where, _bad(f"{dataset}: {where}: row has {len(row)} columns, expected {len(names)} "
+                              f"({names})", strict)
+        else:
+            yield where, dict(zip(names, row))
+
+
+def _regex(path, *, encoding, dataset, strict, regex, fields):
+    pattern = re.compile(regex)
+    _check_fields(fields, list(pattern.groupindex), where=f"{path}:1", dataset=dataset,
+                  what=f"regex {regex!r}")
+    for n, line, err in _lines(path, encoding=encoding, dataset=dataset):
+        where = f"{path}:{n}"
+        if line is None:
+            yield where, _bad(err, strict)
+            continue
+        m = pattern.match(line)
+        if m is None:
+            yield where, _bad(f"{dataset}: {where}: line does not match the pattern {regex!r}: {line[:80]!r}",
+                              strict)
+            continue
+        yield where, m.groupdict()
+
+
+def read_records(path: str, *, file_format: str | None = None, has_header: bool = True,
+                 columns: Sequence[str] | None = None, encoding: str = "utf-8", regex: str | None = None,
+                 delimiter: str | None = None, quoting: bool | None = None,
+                 fields: Sequence[str] | None = None, dataset: str | None = None,
+                 strict: bool = True) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(where, record) pairs of one file; `where` = "<file>:<line>" (first line of a multi-line record).
+
+    Formats: jsonl, json (a list of objects, or an object of keyed objects), csv / tsv (a header row,
+    or `columns` naming headerless columns; tsv defaults to no quote handling, as GLUE's files need),
+    lines ({"text": line}), regex (named groups of `regex`). `fields`: names the caller needs, checked
+    against a header or the regex groups up front. strict=False yields unparseable rows as `BadRow`s
+    instead of raising, so that `make_examples(skip_bad_rows=True)` can count and drop them.
+    """
+    fmt = file_format or infer_format(path)
+    name = dataset or os.path.basename(path)
+    if fmt == "jsonl":
+        return _jsonl(path, encoding=encoding, dataset=name, strict=strict)
+    if fmt == "json":
+        return _json(path, encoding=encoding, dataset=name, strict=strict)
+    if fmt in ("csv", "tsv"):
+        return _delimited(path, encoding=encoding, dataset=name, strict=strict,
+                          delimiter=delimiter or ("," if fmt == "csv" else "\t"),
+                          quoting=(fmt == "csv") if quoting is None else quoting, has_header=has_header,
+                          columns=columns, fields=fields)
+    if fmt == "lines":
+        return (((f"{path}:{n}", {"text": line}) if line is not None
+                 else (f"{path}:{n}", _bad(err, strict)))
+                for n, line, err in _lines(path, encoding=encoding, dataset=name))
+    if fmt == "regex":
+        if not regex:
+            raise ValueError(f"{name}: {path}: file_format='regex' needs regex=")
+        return _regex(path, encoding=encoding, dataset=name, strict=strict, regex=regex, fields=fields)
+    raise ValueError(f"{name}: {path}: unknown file_format {fmt!r}; known: {FORMATS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalSource:
+    """Where a local classification dataset lives on disk and how to read it.
+
+    files: one path; a {label: path} dict (per_label_files: the label comes from the file, given as a
+    label name or index); or a (text_path, labels_path) tuple (parallel). regex may be a {label: regex}
+    dict for per_label_files. dedupe drops later rows whose text repeats an earlier one (first wins).
+    Known defects of a real file, each handled only where a layout asks and counted in a log line:
+    drop_empty drops rows whose text fields are all blank; fill_empty puts a filler into blank
+    optional fields of multi-field rows; strip_replacement_chars removes U+FFFD characters that the
+    file itself already holds (bytes lost upstream).
+    part: None, or "train" / "eval" to take a deterministic stratified partition of the rows:
+    `train_fraction` of each label's rows (rounded up, order fixed by a seed-0 permutation) are
+    "train", the rest "eval"; used where a dataset ships one pool of labelled rows (SUBJ, RAFT).
+    holdout: sources whose texts are removed from this one (a train split minus any text of the
+    held-out files, since real releases repeat some texts across their official splits).
+    unlabeled: raw label values meaning "no gold label" (a spec's GLUE -1); such rows are dropped.
+    """
+
+    files: str | Mapping[str, str] | tuple[str, str]
+    label_names: tuple[str, ...]
+    name: str
+    file_format: str | None = None
+    mapping: FieldMapping | None = None
+    columns: tuple[str, ...] | None = None
+    has_header: bool = True
+    regex: str | Mapping[str, str] | None = None
+    encoding: str = "utf-8"
+    delimiter: str | None = None
+    quoting: bool | None = None
+    dedupe: bool = False
+    drop_empty: bool = False
+    fill_empty: str | None = None
+    strip_replacement_chars: bool = False
+    part: str | None = None
+    train_fraction: float = 0.8
+    holdout: tuple["LocalSource", ...] = ()
+    unlabeled: tuple[str, ...] = ()
+    instruction: str | None = None
+
+    @property
+    def layout(self) -> str:
+        """"single", "parallel" or "per_label_files", from the type of `files`."""
+        if isinstance(self.files, Mapping):
+            return "per_label_files"
+        if isinstance(self.files, tuple):
+            return "parallel"
+        return "single"
+
+
+def _parallel_rows(source: LocalSource, strict: bool):
+    text_path, labels_path = source.files
+    texts = list(_lines(text_path, encoding=source.encoding, dataset=source.name))
+    labels = list(_lines(labels_path, encoding=source.encoding, dataset=source.name))
+    if len(texts) != len(labels):
+        raise DataError(f"{source.name}: {text_path} has {len(texts)} lines but {labels_path} has "
+                        f"{len(labels)} lines; parallel files must have one label line per text line")
+    for (n, text, err_t), (_, label, err_l) in zip(texts, labels):
+        where = f"{text_path}:{n}"
+        if text is None or label is None:
+            yield where, _bad(err_t or err_l, strict)
+        else:
+            yield where, {"text": text, "label": label}
+
+
+def _per_label_rows(source: LocalSource, strict: bool):
+    for label, path in source.files.items():
+        regex = source.regex.get(label) if isinstance(source.regex, Mapping) else source.regex
+        fmt = source.file_format or ("regex" if regex else "lines")
+        for where, record in read_records(path, file_format=fmt, regex=regex, encoding=source.encoding,
+                                          has_header=source.has_header, columns=source.columns,
+                                          delimiter=source.delimiter, quoting=source.quoting,
+                                          fields=("text",), dataset=source.name, strict=strict):
+            yield where, record if isinstance(record, BadRow) else {**record, "label": label}
+
+
+def _repair(rows, source: LocalSource, fields: Sequence[str]):
+    """Apply the source's declared repairs of known file defects (see LocalSource), logging counts."""
+    counts = {"dropped blank rows": 0, "filled blank fields": 0, "stripped U+FFFD from rows": 0}
+    for where, record in rows:
+        if isinstance(record, BadRow):
+            yield where, record
+            continue
+        record = dict(record)
+        values = {f: record.get(f) for f in fields if isinstance(record.get(f), str)}
+        if source.strip_replacement_chars and any("\ufffd" in v for v in values.values()):
+            counts["stripped U+FFFD from rows"] += 1
+            for f, v in values.items():
+                record[f] = values[f] = v.replace("\ufffd", "")
+        blank = [f for f, v in values.items() if not v.strip()]
+        if source.drop_empty and values and len(blank) == len(fields):
+            counts["dropped blank rows"] += 1
+            continue
+        if source.fill_empty is not None and len(fields) > 1 and 0 < len(blank) < len(fields):
+            counts["filled blank fields"] += len(blank)
+            record.update({f: source.fill_empty for f in blank})
+        yield where, record
+    for what, n in counts.items():
+        if n:
+            log.info("%s: %s: %d (declared defect of the source files)", source.name, what, n)
+
+
+def source_rows(source: LocalSource, *, strict: bool = True) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(where, record) pairs of every file of a LocalSource, in file order, after declared repairs."""
+    mapping = source.mapping or _TEXT_LABEL
+    rows = _raw_rows(source, strict)
+    if source.unlabeled:
+        rows = ((w, r) for w, r in rows
+                if isinstance(r, BadRow) or str(r.get(mapping.label_field)).strip() not in source.unlabeled)
+    if source.drop_empty or source.fill_empty is not None or source.strip_replacement_chars:
+        rows = _repair(rows, source, mapping.text_fields)
+    return rows
+
+
+def _raw_rows(source: LocalSource, strict: bool) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    if source.layout == "parallel":
+        return _parallel_rows(source, strict)
+    if source.layout == "per_label_files":
+        return _per_label_rows(source, strict)
+    mapping = source.mapping or _TEXT_LABEL
+    regex = source.regex if isinstance(source.regex, str) else None
+    return read_records(source.files, file_format=source.file_format, has_header=source.has_header,
+                        columns=source.columns, encoding=source.encoding, regex=regex,
+                        delimiter=source.delimiter, quoting=source.quoting,
+                        fields=(*mapping.text_fields, mapping.label_field), dataset=source.name,
+                        strict=strict)
+
+
+def partition(examples: Sequence[Example], *, part: str, train_fraction: float,
+              num_labels: int) -> tuple[Example, ...]:
+    """One side of the deterministic stratified train/eval partition described in `LocalSource`."""
+    if part not in ("train", "eval"):
+        raise ValueError(f"partition part must be 'train' or 'eval', got {part!r}")
+    keep = np.zeros(len(examples), dtype=bool)
+    labels = np.array([ex.label for ex in examples], dtype=np.int64)
+    for label in range(num_labels):
+        idx = np.flatnonzero(labels == label)
+        order = idx[np.random.default_rng(0).permutation(len(idx))]
+        n_train = int(np.ceil(train_fraction * len(idx)))
+        chosen = order[:n_train] if part == "train" else order[n_train:]
+        keep[chosen] = True
+    return tuple(ex for ex, k in zip(examples, keep) if k)
+
+
+def subset(examples: Sequence[Example], max_examples: int | None, seed: int) -> tuple[Example, ...]:
+    """At most max_examples examples: a seeded random subset, kept in file order (deterministic)."""
+    if max_examples is None or len(examples) <= max_examples:
+        return tuple(examples)
+    chosen = np.sort(np.random.default_rng(seed).choice(len(examples), size=max_examples, replace=False))
+    return tuple(examples[i] for i in chosen)
+
+
+def _file_for_split(path: str, split: str, spec: Any) -> str:
+    """A data file for `split` in a directory: <split>.<ext> or <hf split>.<ext>, ext in jsonl/json/csv/tsv."""
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{spec.name}: local path {path} does not exist")
+    splits = getattr(spec, "splits", None) or {}
+    stems = [s for s in (splits.get(split), split) if s]
+    for stem in stems:
+        for ext in (".jsonl", ".json", ".csv", ".tsv"):
+            candidate = os.path.join(path, stem + ext)
+            if os.path.isfile(candidate):
+                return candidate
+    raise FileNotFoundError(f"{spec.name}: no data file for split {split!r} in {path} (looked for "
+                            f"{[s + e for s in stems for e in ('.jsonl', '.json', '.csv', '.tsv')]})")
+
+
+def _spec_source(spec: Any, split: str, path: str) -> LocalSource:
+    """A split file under `path` read with the spec's columns, else the raw release's known layout."""
+    try:
+        file = _file_for_split(path, split, spec)
+    except FileNotFoundError:
+        if not os.path.isdir(path):
+            raise
+        from symbol_tuning import local_layouts  # lazy: layouts of raw releases (shared/data style)
+
+        try:
+            return local_layouts.local_source(spec.name, path, split)
+        except KeyError:
+            raise FileNotFoundError(f"{spec.name}: no data file for split {split!r} in {path} and no known "
+                                    f"raw layout for {spec.name!r}") from None
+    return LocalSource(files=file, label_names=tuple(spec.label_names), name=spec.name, mapping=spec.mapping,
+                       instruction=spec.instruction, unlabeled=tuple(getattr(spec, "unlabeled", ())))
+
+
+def load_local(*, spec: Any = None, split: str, path: str | None = None, source: LocalSource | None = None,
+               skip_bad_rows: bool = False, max_examples: int | None = None,
+               seed: int = 0) -> ClassificationData:
+    """One split of a local dataset as ClassificationData.
+
+    With `source`, read that LocalSource. With a DatasetSpec and `path` (a file, or a directory holding
+    <split>.jsonl/.json/.csv/.tsv), read it with the spec's HF column names and labels, so a JSONL
+    export of the HF dataset loads as is; a directory without such files is read as a raw release
+    laid out like shared/data (see local_layouts). Over max_examples: a seeded subset in file order.
+    """
+    if source is None:
+        if spec is None or path is None:
+            raise ValueError("load_local needs source=LocalSource(...), or spec= together with path=")
+        source = _spec_source(spec, split, path)
+    mapping = source.mapping or _TEXT_LABEL
+    rows = source_rows(source, strict=not skip_bad_rows)
+    examples = make_examples(rows, dataset=source.name, mapping=mapping, label_names=source.label_names,
+                             skip_bad_rows=skip_bad_rows)
+    if source.dedupe:
+        first = {}
+        examples = tuple(first.setdefault(ex.text, ex) for ex in examples if ex.text not in first)
+    if source.part is not None:
+        examples = partition(examples, part=source.part, train_fraction=source.train_fraction,
+                             num_labels=len(source.label_names))
+    if source.holdout:
+        held = {ex.text for other in source.holdout
+                for ex in load_local(source=other, split="holdout", skip_bad_rows=skip_bad_rows).examples}
+        kept = tuple(ex for ex in examples if ex.text not in held)
+        if len(kept) < len(examples):
+            log.info("%s[%s]: removed %d rows whose text is in the held-out files %s", source.name, split,
+                     len(examples) - len(kept), [other.files for other in source.holdout])
+        examples = kept
+    instruction = source.instruction if source.instruction is not None else getattr(spec, "instruction", None)
+    return ClassificationData(name=source.name, split=split, examples=subset(examples, max_examples, seed),
+                              label_names=tuple(source.label_names), instruction=instruction)
