@@ -1,0 +1,296 @@
+"""Prompt builders and formats: structure parsed back from the text, settings, determinism, budget."""
+import collections
+import hashlib
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+from symbol_tuning.examples import ClassificationData, Example, GenerativeData, TextPair
+from symbol_tuning.formats import FORMAT_NAMES, get_format
+from symbol_tuning.prompts import (SETTINGS, PromptTooLongError, build_eval_prompt, build_generative_prompt,
+                                   build_tuning_prompt, utf8_length)
+from symbol_tuning.symbols import get_pools
+
+# (input prefix, text/label joiner + output prefix + space) written by hand, independent of formats.py.
+HAND_FORMATS = {
+    "Input:/Output:": ("Input: ", "\nOutput: "),
+    "Input:/Target:": ("Input: ", "\nTarget: "),
+    "Input:/Symbol:": ("Input: ", "\nSymbol: "),
+    "Input:/Label:": ("Input: ", "\nLabel: "),
+    "Question:/Answer:": ("Question: ", "\nAnswer: "),
+    "Student:/Teacher:": ("Student: ", "\nTeacher: "),
+    "X = /Y = ": ("X = ", "\nY = "),
+    "Q:/A:": ("Q: ", "\nA: "),
+    "{x} -> {y}": ("", " -> "),
+    "Sentences:/Mapped To:": ("Sentences: ", "\nMapped To: "),
+}
+INSTRUCTION = "Decide which topic the following sentence is about."
+
+
+def make_data(name, per_class, num_classes=3, instruction=None, split="train"):
+    """A tiny classification split with unique texts that name their example index."""
+    examples = tuple(Example(f"{name} {split} sentence {i} on topic {i % num_classes}", i % num_classes)
+                     for i in range(per_class * num_classes))
+    labels = ("sports", "world news", "science")[:num_classes]
+    return ClassificationData(name, split, examples, labels, instruction=instruction)
+
+
+def parse(prompt, instruction=None):
+    """Split a prompt into (instruction or None, [(exemplar text, label text)], query text), by hand."""
+    prefix, middle = HAND_FORMATS[prompt.format_name]
+    blocks = prompt.inputs.split("\n\n")
+    header = None
+    if instruction is not None and prompt.inputs.startswith(instruction + "\n\n"):
+        header, blocks = blocks[0], blocks[1:]
+    exemplars = []
+    for block in blocks[:-1]:
+        assert block.startswith(prefix), block
+        text, label = block[len(prefix):].rsplit(middle, 1)
+        exemplars.append((text, label))
+    query = blocks[-1]
+    assert query.startswith(prefix) and query.endswith(middle.rstrip(" ")), query
+    return header, exemplars, query[len(prefix):-len(middle.rstrip(" "))]
+
+
+def test_formats_render_exemplars_and_queries_as_written_by_hand():
+    assert set(FORMAT_NAMES) == set(HAND_FORMATS)
+    assert get_format("Input:/Output:").exemplar("nice film", "positive") == "Input: nice film\nOutput: positive"
+    assert get_format("Input:/Output:").query("nice film") == "Input: nice film\nOutput:"
+    assert get_format("{x} -> {y}").exemplar("a b", "7") == "a b -> 7"
+    assert get_format("{x} -> {y}").query("a b") == "a b ->"
+    assert get_format("X = /Y = ").query("q") == "X = q\nY ="
+    assert get_format("Sentences:/Mapped To:").target("EQX") == " EQX"
+    with pytest.raises(ValueError, match="'Foo:'"):
+        get_format("Foo:")
+
+
+def test_tuning_prompt_shows_2_to_10_exemplars_of_every_class_with_one_symbol_each():
+    data = make_data("topics", per_class=20)
+    text_label = {ex.text: ex.label for ex in data.examples}
+    for index in range(60):
+        prompt = build_tuning_prompt(data, seed=3, index=index)
+        _, exemplars, query = parse(prompt)
+        symbol_of = {}
+        for text, symbol in exemplars:
+            assert symbol_of.setdefault(text_label[text], symbol) == symbol
+        assert sorted(symbol_of) == [0, 1, 2]
+        assert tuple(" " + symbol_of[c] for c in range(3)) == prompt.options
+        counts = collections.Counter(text_label[text] for text, _ in exemplars)
+        assert all(2 <= counts[c] <= 10 for c in range(3)), counts
+        assert counts == collections.Counter(prompt.exemplar_labels)
+        assert query == data.examples[prompt.query_index].text
+        assert query not in [text for text, _ in exemplars]
+        assert prompt.targets == prompt.options[text_label[query]] == prompt.options[prompt.answer]
+        assert prompt.num_exemplars == len(exemplars) and prompt.setting == "symbol_tuning"
+
+
+def test_tuning_prompt_never_contains_the_instruction():
+    data = make_data("topics", per_class=15, instruction=INSTRUCTION)
+    for index in range(40):
+        prompt = build_tuning_prompt(data, seed=0, index=index)
+        assert INSTRUCTION not in prompt.inputs
+        assert prompt.inputs.startswith(HAND_FORMATS[prompt.format_name][0] + "topics train sentence")
+
+
+def test_tuning_symbols_come_from_the_tuning_pool_and_every_kind_and_format_appears():
+    pools = get_pools()
+    kind_of = {s: k for k, symbols in pools.tuning.items() for s in symbols}
+    data = make_data("topics", per_class=12)
+    kinds, formats = collections.Counter(), collections.Counter()
+    for index in range(300):
+        prompt = build_tuning_prompt(data, seed=1, index=index)
+        kinds.update(kind_of[option[1:]] for option in prompt.options)
+        formats[prompt.format_name] += 1
+    assert set(kinds) == {"integer", "letters", "word"}
+    assert set(formats) == set(HAND_FORMATS)
+
+
+def test_tuning_indices_visit_every_example_once_per_pass():
+    data = make_data("topics", per_class=10)
+    n = len(data.examples)
+    queries = [build_tuning_prompt(data, seed=4, index=i).query_index for i in range(n)]
+    assert sorted(queries) == list(range(n))
+    assert queries != list(range(n))
+    assert build_tuning_prompt(data, seed=4, index=n + 5).query_index == queries[5]
+    assert [build_tuning_prompt(data, seed=5, index=i).query_index for i in range(n)] != queries
+
+
+def test_tuning_class_with_few_examples_uses_all_and_one_with_none_raises():
+    examples = tuple(Example(f"a{i}", 0) for i in range(12)) + (Example("b0", 1), Example("b1", 1))
+    data = ClassificationData("tiny", "train", examples, ("x", "y"))
+    seen = set()
+    for index in range(len(examples)):
+        prompt = build_tuning_prompt(data, seed=0, index=index)
+        query_is_b = data.examples[prompt.query_index].label == 1
+        seen.add(query_is_b)
+        assert collections.Counter(prompt.exemplar_labels)[1] == (1 if query_is_b else 2)
+        assert prompt.short_classes == ((1,) if query_is_b else ())
+    assert seen == {True, False}
+    lonely = ClassificationData("lonely", "train", examples[:12] + (Example("b0", 1),), ("x", "y"))
+    failures = []
+    for i in range(13):
+        try:
+            build_tuning_prompt(lonely, seed=0, index=i)
+        except ValueError as err:
+            failures.append(str(err))
+    assert len(failures) == 1 and "'lonely'" in failures[0] and "class 1" in failures[0]
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_eval_prompt_labels_instruction_and_k_exemplars_follow_the_setting(setting):
+    train = make_data("evalset", per_class=10, instruction=INSTRUCTION)
+    queries = make_data("evalset", per_class=4, instruction=INSTRUCTION, split="eval")
+    train_label = {ex.text: ex.label for ex in train.examples}
+    evaluation = {s for symbols in get_pools().evaluation.values() for s in symbols}
+    for index in range(len(queries.examples)):
+        prompt = build_eval_prompt(queries, train, setting=setting, seed=2, index=index, k_per_class=4)
+        header, exemplars, query = parse(prompt, INSTRUCTION)
+        assert (header == INSTRUCTION) == setting.startswith("instr")
+        assert (INSTRUCTION in prompt.inputs) == setting.startswith("instr")
+        assert query == queries.examples[index].text
+        assert collections.Counter(train_label[t] for t, _ in exemplars) == {0: 4, 1: 4, 2: 4}
+        labels = [" " + label for _, label in exemplars]
+        assert all(label == prompt.options[train_label[t]] for (t, _), label in zip(exemplars, labels))
+        if setting in ("instr_labels", "labels_only"):
+            assert prompt.options == (" sports", " world news", " science")
+        else:
+            assert all(option[1:] in evaluation for option in prompt.options)
+        assert prompt.answer == queries.examples[index].label and prompt.setting == setting
+
+
+def test_eval_settings_share_exemplars_and_format_for_one_index():
+    train = make_data("evalset", per_class=10, instruction=INSTRUCTION)
+    queries = make_data("evalset", per_class=4, instruction=INSTRUCTION, split="eval")
+    for index in range(5):
+        built = [build_eval_prompt(queries, train, setting=s, seed=9, index=index) for s in SETTINGS]
+        assert len({(p.exemplar_indices, p.format_name) for p in built}) == 1
+
+
+def test_flipped_labels_swap_every_exemplar_and_the_answer():
+    train = make_data("binary", per_class=8, num_classes=2, instruction=INSTRUCTION)
+    queries = make_data("binary", per_class=3, num_classes=2, instruction=INSTRUCTION, split="eval")
+    names = train.label_names
+    train_label = {ex.text: ex.label for ex in train.examples}
+    for index in range(len(queries.examples)):
+        prompt = build_eval_prompt(queries, train, setting="labels_only", seed=0, index=index, flipped=True)
+        _, exemplars, _ = parse(prompt)
+        assert all(label == names[1 - train_label[text]] for text, label in exemplars)
+        true = queries.examples[index].label
+        assert prompt.answer == 1 - true and prompt.targets == " " + names[1 - true] and prompt.flipped
+        symbolic = build_eval_prompt(queries, train, setting="neither", seed=0, index=index, flipped=True)
+        _, exemplars, _ = parse(symbolic)
+        assert all(" " + label == symbolic.options[1 - train_label[text]] for text, label in exemplars)
+        assert symbolic.answer == 1 - true
+    with pytest.raises(ValueError, match=r"'evalset'.*binary"):
+        build_eval_prompt(make_data("evalset", 3, split="eval"), make_data("evalset", 3), setting="neither",
+                          seed=0, index=0, flipped=True)
+
+
+def test_eval_prompt_rejects_bad_setting_missing_instruction_and_bad_index():
+    train, queries = make_data("evalset", per_class=5), make_data("evalset", per_class=2, split="eval")
+    with pytest.raises(ValueError, match="'sideways'.*instr_labels.*labels_only.*instr_only.*neither"):
+        build_eval_prompt(queries, train, setting="sideways", seed=0, index=0)
+    with pytest.raises(ValueError, match="'evalset'.*instruction"):
+        build_eval_prompt(queries, train, setting="instr_only", seed=0, index=0)
+    with pytest.raises(IndexError, match=r"'evalset'.*index 6.*6 examples"):
+        build_eval_prompt(queries, train, setting="neither", seed=0, index=6)
+
+
+def test_label_names_equal_after_whitespace_collapse_stay_distinct_options():
+    examples = tuple(Example(f"t{i}", i % 2) for i in range(10))
+    data = ClassificationData("spaces", "train", examples, ("very good", "very  good"))
+    prompt = build_eval_prompt(data, data, setting="labels_only", seed=0, index=0)
+    assert prompt.options == (" very good", " very  good")
+    clean = ClassificationData("newline", "train", examples, ("very\ngood", "bad"))
+    assert build_eval_prompt(clean, clean, setting="labels_only", seed=0, index=0).options == (" very good", " bad")
+
+
+def test_eval_exemplars_never_include_the_query_when_drawn_from_the_same_split():
+    data = make_data("selfset", per_class=3)
+    for index in range(len(data.examples)):
+        prompt = build_eval_prompt(data, data, setting="neither", seed=0, index=index, k_per_class=3)
+        assert index not in prompt.exemplar_indices
+        assert collections.Counter(prompt.exemplar_labels)[data.examples[index].label] == 2
+
+
+def test_same_seed_and_index_give_identical_bytes_in_separate_processes():
+    code = "from symbol_tuning.examples import ClassificationData, Example\n" + inspect.getsource(make_data) + (
+        "import hashlib\n"
+        "from symbol_tuning.prompts import build_tuning_prompt, build_eval_prompt\n"
+        "d = make_data('topics', 30, instruction='Pick one.')\n"
+        "q = make_data('topics', 5, instruction='Pick one.', split='eval')\n"
+        "ps = [build_tuning_prompt(d, seed=11, index=i) for i in range(20)]\n"
+        "ps += [build_eval_prompt(q, d, setting=s, seed=11, index=3) for s in "
+        "('instr_labels', 'labels_only', 'instr_only', 'neither')]\n"
+        "print(hashlib.sha256(repr([(p.inputs, p.targets, p.options) for p in ps]).encode()).hexdigest())\n")
+    digests = []
+    for hash_seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={"PYTHONHASHSEED": hash_seed, "PATH": "/usr/bin:/bin"})
+        digests.append(out.stdout.strip())
+    d = make_data("topics", 30, instruction="Pick one.")
+    q = make_data("topics", 5, instruction="Pick one.", split="eval")
+    ps = [build_tuning_prompt(d, seed=11, index=i) for i in range(20)]
+    ps += [build_eval_prompt(q, d, setting=s, seed=11, index=3) for s in SETTINGS]
+    local = hashlib.sha256(repr([(p.inputs, p.targets, p.options) for p in ps]).encode()).hexdigest()
+    assert digests == [local, local]
+
+
+def test_different_indices_and_seeds_give_different_prompts():
+    data = make_data("topics", per_class=30)
+    prompts = {build_tuning_prompt(data, seed=0, index=i).inputs for i in range(50)}
+    assert len(prompts) == 50
+    assert build_tuning_prompt(data, seed=0, index=0).inputs != build_tuning_prompt(data, seed=1, index=0).inputs
+
+
+def test_budget_drops_exemplars_from_the_largest_class_and_keeps_the_query_whole():
+    examples = tuple(Example(f"sentence {i} " + "word " * 10, i % 3) for i in range(60))
+    data = ClassificationData("budget", "train", examples, ("a", "b", "c"))
+    for index in range(30):
+        full = build_tuning_prompt(data, seed=0, index=index, max_input_length=10**9)
+        limit = utf8_length(full.inputs) * 2 // 3
+        cut = build_tuning_prompt(data, seed=0, index=index, max_input_length=limit)
+        assert utf8_length(cut.inputs) <= limit
+        assert cut.dropped > 0 and cut.num_exemplars == full.num_exemplars - cut.dropped
+        query = data.examples[cut.query_index].text
+        assert cut.inputs.endswith(HAND_FORMATS[cut.format_name][0] + query + HAND_FORMATS[cut.format_name][1][:-1])
+        assert set(cut.exemplar_indices) <= set(full.exemplar_indices)
+        before, after = collections.Counter(full.exemplar_labels), collections.Counter(cut.exemplar_labels)
+        assert min(after[c] for c in range(3)) >= 1
+        for c in range(3):
+            if after[c] < before[c]:
+                assert after[c] >= max(after.values()) - 1, (before, after)
+
+
+def test_budget_rechecks_the_assembled_length_for_non_additive_length_functions():
+    data = make_data("topics", per_class=20)
+    length_fn = lambda s: len(s) + len(s) ** 2 // 2000  # noqa: E731 (superadditive, like merged tokens)
+    for index in range(10):
+        prompt = build_tuning_prompt(data, seed=0, index=index, max_input_length=900, length_fn=length_fn)
+        assert length_fn(prompt.inputs) <= 900 and prompt.dropped > 0
+
+
+def test_budget_raises_prompt_too_long_with_dataset_index_and_lengths():
+    data = make_data("topics", per_class=20)
+    prompt = build_tuning_prompt(data, seed=0, index=4, max_input_length=10**9)
+    with pytest.raises(PromptTooLongError, match=r"'topics' index 4: prompt is \d+ long .* max_input_length=100"):
+        build_tuning_prompt(data, seed=0, index=4, max_input_length=100)
+    assert issubclass(PromptTooLongError, ValueError) and prompt.num_exemplars > 3
+
+
+def test_generative_prompt_shows_other_examples_then_the_query():
+    data = GenerativeData("list_fn_c001", "train", tuple(TextPair(f"[{i}, {i + 1}]", f"[{i + 1}]") for i in range(6)))
+    prompt = build_generative_prompt(data, seed=0, index=2, shots=4)
+    blocks = prompt.inputs.split("\n\n")
+    assert blocks[-1] == "Input: [2, 3]\nOutput:"
+    expected = {f"Input: [{i}, {i + 1}]\nOutput: [{i + 1}]" for i in range(6) if i != 2}
+    assert len(blocks) == 5 and set(blocks[:-1]) <= expected and len(set(blocks[:-1])) == 4
+    assert prompt.options == (" [3]",) and prompt.targets == " [3]" and prompt.answer == 0
+    tight = build_generative_prompt(data, seed=0, index=2, shots=4, max_input_length=len(blocks[-1]))
+    assert tight.inputs == blocks[-1] and tight.num_exemplars == 0
+    with pytest.raises(PromptTooLongError, match="'list_fn_c001' index 2"):
+        build_generative_prompt(data, seed=0, index=2, max_input_length=5)
+    with pytest.raises(IndexError, match="'list_fn_c001'"):
+        build_generative_prompt(data, seed=0, index=6)
