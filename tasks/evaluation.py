@@ -1,0 +1,50 @@
+"""The paper's 11 evaluation datasets in the 4 settings, plus flipped labels for binary ones:
+"eval:<dataset>:<setting>" and "eval:<dataset>:flipped" (labels-only prompts, labels flipped).
+
+Queries come from the "eval" split (at most 100), exemplars from the "train" split; both load on
+first use via `hub_sources.load_classification` from `SOURCE`.
+"""
+from __future__ import annotations
+
+import functools
+
+from symbol_tuning import specs
+from symbol_tuning.prompts import SETTINGS
+from symbol_tuning.task_registry import TaskRegistry, eval_task, register_eval_data
+
+SOURCE = "hf"
+FLIPPED_SETTING = "labels_only"
+
+
+def _load(name: str, split: str):
+    from symbol_tuning.hub_sources import load_classification
+    data = load_classification(name, split, source=SOURCE,
+                               max_examples=specs.EVAL_MAX_EXAMPLES if split == "eval" else None)
+    if split == "eval":
+        register_eval_data(data)
+    return data
+
+
+def task_names() -> list[str]:
+    names = []
+    for name, spec in specs.EVAL_DATASETS.items():
+        names += [f"eval:{name}:{s}" for s in SETTINGS]
+        if len(spec.label_names) == 2:
+            names.append(f"eval:{name}:flipped")
+    return names
+
+
+def register() -> None:
+    """Register the lazy evaluation tasks (idempotent)."""
+    known = set(TaskRegistry.names())
+    for name, spec in specs.EVAL_DATASETS.items():
+        query, exemplars = functools.partial(_load, name, "eval"), functools.partial(_load, name, "train")
+        for setting in SETTINGS:
+            if f"eval:{name}:{setting}" not in known:
+                TaskRegistry.add(eval_task(f"eval:{name}:{setting}", query, exemplars, setting=setting))
+        if len(spec.label_names) == 2 and f"eval:{name}:flipped" not in known:
+            TaskRegistry.add(eval_task(f"eval:{name}:flipped", query, exemplars, setting=FLIPPED_SETTING,
+                                       flipped=True))
+
+
+register()
