@@ -1,0 +1,122 @@
+"""`python -m symbol_tuning.eval --checkpoint=PATH --suite=paper --data_root=/path/to/raw/data`:
+evaluate a checkpoint in the paper's four settings (+ flipped labels) or on BIG-Bench, writing
+records.jsonl / summary.{csv,md,json} per step and results.{csv,md} + PNG plots under --output_dir.
+
+--checkpoint: a native dir, an HF dir, or an Orbax training dir (with --step=N, latest by default, or
+--all_steps to evaluate every step not yet in --output_dir). --model_config: a native-style config.json
+the checkpoint must match (needed for an Orbax dir without one). Bad flags exit 2 naming the flag;
+bad data or a mismatching checkpoint exit 1 with the reason, before any model compute.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+from symbol_tuning.models.safetensors_io import CheckpointMismatchError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {value}")
+        return value
+    return parse
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from symbol_tuning.eval_suites import PAPER_SOURCES, SUITES
+
+    p = _Parser(prog="symbol_tuning.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="native, HF or Orbax training checkpoint directory")
+    steps = p.add_mutually_exclusive_group()
+    steps.add_argument("--step", type=int, default=None, help="Orbax step to evaluate (default: latest)")
+    steps.add_argument("--all_steps", action="store_true", help="evaluate every Orbax step not yet done")
+    p.add_argument("--suite", default="embedded", choices=SUITES)
+    p.add_argument("--data_root", default=None, help="raw data directory (paper suite with --source=local, bigbench)")
+    p.add_argument("--source", default="local", choices=PAPER_SOURCES, help="where the paper suite's data comes from")
+    p.add_argument("--datasets", type=_names, default=None, help="comma-separated dataset / task names")
+    p.add_argument("--settings", type=_names, default=None, help="comma-separated settings (default: all)")
+    p.add_argument("--concepts", type=_names, default=None, help="list_functions concept ids (bigbench suite)")
+    p.add_argument("--k_per_class", type=_positive("--k_per_class"), default=4)
+    p.add_argument("--vocabulary", default="bytes", help="bytes | spm:<model> | hf:<tokenizer>")
+    p.add_argument("--max_input_length", type=_positive("--max_input_length"), default=2048)
+    p.add_argument("--min_prompt_bucket", type=_positive("--min_prompt_bucket"), default=64)
+    p.add_argument("--max_queries", type=_positive("--max_queries"), default=None, help="queries per dataset")
+    p.add_argument("--batch_size", type=_positive("--batch_size"), default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model_config", default=None, help="native-style config.json the checkpoint must match")
+    p.add_argument("--output_dir", default="eval_results")
+    p.add_argument("--label", default=None, help="model name in tables (default: checkpoint dir name)")
+    return p
+
+
+def _model_config(path: str | None):
+    if path is None:
+        return None
+    from symbol_tuning.eval_checkpoints import config_from_file
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--model_config: {path} does not exist")
+    try:
+        return config_from_file(path)
+    except ValueError as e:
+        raise ValueError(f"--model_config: {e}") from None
+
+
+def run(args: argparse.Namespace) -> None:
+    """Validate names, load and check the checkpoint, evaluate, and write the results."""
+    from symbol_tuning import eval_checkpoints, evaluation, reporting
+    from symbol_tuning.eval_suites import build_suite
+    from symbol_tuning.vocabularies import get_vocabulary
+
+    settings = evaluation.check_settings(args.settings)
+    suite = build_suite(args.suite, data_root=args.data_root, source=args.source, datasets=args.datasets,
+                        max_queries=args.max_queries, seed=args.seed, concepts=args.concepts)
+    vocabulary = get_vocabulary(args.vocabulary)
+    config = _model_config(args.model_config)
+    label = args.label or os.path.basename(os.path.normpath(args.checkpoint))
+    common = dict(vocabulary=vocabulary, settings=settings, seed=args.seed, k_per_class=args.k_per_class,
+                  max_input_length=args.max_input_length, batch_size=args.batch_size,
+                  min_prompt_bucket=args.min_prompt_bucket)
+    if args.all_steps:
+        eval_checkpoints.evaluate_all_checkpoints(args.checkpoint, suite=suite, output_dir=args.output_dir,
+                                                  model_config=config, label=label, **common)
+        return
+    loaded = eval_checkpoints.load_for_eval(args.checkpoint, model_config=config, step=args.step)
+    result = evaluation.evaluate(loaded.model, loaded.params, suite, **common)
+    reporting.write_step_results(args.output_dir, step=loaded.step, records=result.records, summary=result.summary,
+                                 model=label)
+    reporting.write_overview(args.output_dir, {loaded.step: result.summary}, model=label)
+    print(reporting.summary_markdown(result.summary, title=label))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except (ValueError, KeyError, FileNotFoundError, CheckpointMismatchError) as e:
+        print(f"symbol_tuning.eval: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Evaluation sweeps over models x checkpoints (baseline / tuned, optional steps) x settings x k, resumable
+cell by cell, ending in the paper's Table 1 and plots.
+
+`python -m symbol_tuning.sweep --config=sweep.json --output_dir=DIR` with a JSON (or YAML) file:
+
+    {"suite": "paper", "data_root": "/data/raw", "settings": ["instr_labels", "neither", "flipped"],
+     "k_per_class": [4], "max_queries": 100, "max_input_length": 2048, "batch_size": 8,
+     "models": {"flan-t5-xl": {"vocabulary": "spm:/ckpt/spiece.model", "baseline": "/ckpt/flan_t5_xl",
+                               "tuned": "/runs/st_xl", "steps": [1000, 2000, 4000],
+                               "model_config": "/ckpt/flan_t5_xl/config.json"}}}
+
+A cell is (model, variant, step, setting, k). Each finished cell is appended (and fsynced) to
+DIR/results.jsonl under its key; a restarted sweep reads the keys and runs only the missing cells, so
+a sweep killed mid-way finishes exactly what is left. A checkpoint is loaded once for all its missing
+cells. At the end: results.csv, table.md (rows: models; columns: settings; cells "baseline -> tuned
+(+change)" at the last step of the tuned run, one table per k), settings.png (grouped bars) and, for a
+tuned run with several steps, accuracy_vs_step_<model>.png. Only process 0 writes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+VARIANTS = ("baseline", "tuned")
+RESULTS = "results.jsonl"
+_RUN_KEYS = ("suite", "data_root", "source", "datasets", "concepts", "settings", "k_per_class", "max_queries",
+             "max_input_length", "min_prompt_bucket", "batch_size", "seed", "models")
+_MODEL_KEYS = ("vocabulary", "baseline", "tuned", "steps", "baseline_steps", "model_config")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One unit of sweep work: a checkpoint (model, variant, step) evaluated in one setting with k exemplars."""
+
+    model: str
+    variant: str
+    step: int | None
+    setting: str
+    k_per_class: int
+
+    @property
+    def key(self) -> str:
+        step = "final" if self.step is None else self.step
+        return f"{self.model}|{self.variant}|{step}|{self.setting}|k={self.k_per_class}"
+
+
+def load_spec(path: str) -> dict[str, Any]:
+    """A sweep spec from JSON or YAML (.yaml / .yml), checked for unknown keys and required fields."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"sweep config {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        spec = yaml.safe_load(text)
+    else:
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    return check_spec(spec, source=path)
+
+
+def check_spec(spec: Any, *, source: str = "sweep spec") -> dict[str, Any]:
+    """Validate a spec dict; errors name the field."""
+    from symbol_tuning.evaluation import check_settings
+
+    if not isinstance(spec, dict):
+        raise ValueError(f"{source}: expected an object, got {type(spec).__name__}")
+    unknown = sorted(set(spec) - set(_RUN_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown fields {unknown}; known: {list(_RUN_KEYS)}")
+    models = spec.get("models")
+    if not isinstance(models, dict) or not models:
+        raise ValueError(f"{source}: 'models' must map model names to {{vocabulary, baseline, tuned, ...}}")
+    for name, entry in models.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"{source}: models.{name} must be an object")
+        bad = sorted(set(entry) - set(_MODEL_KEYS))
+        if bad:
+            raise ValueError(f"{source}: models.{name}: unknown fields {bad}; known: {list(_MODEL_KEYS)}")
+        if not any(entry.get(v) for v in VARIANTS):
+            raise ValueError(f"{source}: models.{name} needs a 'baseline' and/or 'tuned' checkpoint path")
+    spec = dict(spec)
+    if spec.get("settings") is not None:
+        spec["settings"] = list(check_settings(spec["settings"]))
+    ks = spec.get("k_per_class", [4])
+    ks = [ks] if isinstance(ks, int) else list(ks)
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"{source}: k_per_class must be a positive integer or a list of them, got {ks!r}")
+    spec["k_per_class"] = ks
+    return spec
+
+
+def plan_cells(spec: Mapping[str, Any], settings: Sequence[str]) -> list[Cell]:
+    """Every cell of the sweep in a stable order (models, variants, steps, k, settings)."""
+    cells = []
+    for name, entry in spec["models"].items():
+        for variant in VARIANTS:
+            if not entry.get(variant):
+                continue
+            steps = entry.get("steps" if variant == "tuned" else "baseline_steps") or [None]
+            for step in steps:
+                for k in spec["k_per_class"]:
+                    cells.extend(Cell(name, variant, step, s, k) for s in settings)
+    return cells
+
+
+def done_keys(output_dir: str) -> set[str]:
+    from symbol_tuning.reporting import read_jsonl
+
+    return {r["key"] for r in read_jsonl(os.path.join(output_dir, RESULTS)) if "key" in r}
+
+
+def _settings_for(spec: Mapping[str, Any], suite) -> list[str]:
+    from symbol_tuning.evaluation import EVAL_SETTINGS, GENERATIVE
+
+    out = []
+    if suite.datasets:
+        out += list(spec.get("settings") or EVAL_SETTINGS)
+    if suite.generative:
+        out.append(GENERATIVE)
+    return out
+
+
+def _cell_result(cell: Cell, loaded, suite, vocabulary, spec: Mapping[str, Any]) -> dict[str, Any]:
+    from symbol_tuning.eval_suites import EvalSuite
+    from symbol_tuning.evaluation import GENERATIVE, evaluate
+
+    common = dict(vocabulary=vocabulary, seed=spec.get("seed", 0), k_per_class=cell.k_per_class,
+                  max_input_length=spec.get("max_input_length", 2048), batch_size=spec.get("batch_size", 8),
+                  min_prompt_bucket=spec.get("min_prompt_bucket", 64))
+    if cell.setting == GENERATIVE:
+        summary = evaluate(loaded.model, loaded.params, EvalSuite(suite.name, generative=suite.generative),
+                           settings=None, **common).summary
+        per, acc = summary["generative"], float(sum(summary["generative"].values()) / len(summary["generative"]))
+    else:
+        summary = evaluate(loaded.model, loaded.params, EvalSuite(suite.name, datasets=suite.datasets),
+                           settings=[cell.setting], **common).summary
+        per, acc = summary["accuracy"].get(cell.setting, {}), summary["average"].get(cell.setting)
+        if acc is None:
+            raise ValueError(f"cell {cell.key}: no dataset of suite {suite.name!r} applies to setting {cell.setting!r}")
+    return {"key": cell.key, **dataclasses.asdict(cell), "accuracy": acc, "per_dataset": per,
+            "chance": 0.5 if cell.setting == "flipped" else summary.get("chance")}
+
+
+def run_sweep(spec: Mapping[str, Any], output_dir: str, *, after_cell: Callable[[dict], None] | None = None,
+              loader: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
+    """Run the missing cells of `spec`, then write the tables and plots; returns every cell's record.
+
+    after_cell(record) runs after each new cell is saved (progress hooks; tests use it to interrupt).
+    loader(path, model_config=..., step=...) defaults to eval_checkpoints.load_for_eval.
+    """
+    from symbol_tuning import reporting
+    from symbol_tuning.eval_checkpoints import config_from_file, load_for_eval
+    from symbol_tuning.eval_suites import build_suite
+    from symbol_tuning.vocabularies import get_vocabulary
+
+    spec = check_spec(dict(spec))
+    suite = build_suite(spec.get("suite", "embedded"), data_root=spec.get("data_root"),
+                        source=spec.get("source", "local"), datasets=spec.get("datasets"),
+                        max_queries=spec.get("max_queries"), seed=spec.get("seed", 0), concepts=spec.get("concepts"))
+    cells = plan_cells(spec, _settings_for(spec, suite))
+    done = done_keys(output_dir)
+    loader = loader or load_for_eval
+    todo = [c for c in cells if c.key not in done]
+    log.info("sweep: %d cells, %d done, %d to run", len(cells), len(cells) - len(todo), len(todo))
+    loaded_key, loaded = None, None
+    for cell in todo:
+        entry = spec["models"][cell.model]
+        ckpt_key = (cell.model, cell.variant, cell.step)
+        if ckpt_key != loaded_key:
+            config_path = entry.get("model_config")
+            config = config_from_file(config_path) if config_path else None
+            loaded, loaded_key = loader(entry[cell.variant], model_config=config, step=cell.step), ckpt_key
+        record = _cell_result(cell, loaded, suite, get_vocabulary(entry.get("vocabulary", "bytes")), spec)
+        record["checkpoint"] = entry[cell.variant]
+        if reporting.is_process_zero():
+            reporting.append_jsonl(os.path.join(output_dir, RESULTS), record)
+        if after_cell is not None:
+            after_cell(record)
+    records = latest_records(reporting.read_jsonl(os.path.join(output_dir, RESULTS)), {c.key for c in cells})
+    write_reports(records, output_dir)
+    return records
+
+
+def latest_records(records: Iterable[Mapping[str, Any]], keys: set[str] | None = None) -> list[dict[str, Any]]:
+    """One record per key (the last written), restricted to `keys` when given."""
+    by_key: dict[str, dict] = {}
+    for r in records:
+        if keys is None or r.get("key") in keys:
+            by_key[r["key"]] = dict(r)
+    return list(by_key.values())
+
+
+def _step_order(step: Any) -> float:
+    return float("inf") if step is None else float(step)
+
+
+def write_reports(records: Sequence[Mapping[str, Any]], output_dir: str) -> None:
+    """results.csv, table.md (per k, tuned at its last step), settings.png and accuracy_vs_step_<model>.png."""
+    from symbol_tuning import reporting
+
+    if not reporting.is_process_zero() or not records:
+        return
+    columns = ["key", "model", "variant", "step", "setting", "k_per_class", "accuracy", "chance", "checkpoint"]
+    reporting.write_csv(os.path.join(output_dir, "results.csv"), records, columns)
+    settings = list(dict.fromkeys(r["setting"] for r in records))
+    tables, bars = [], []
+    for k in sorted({r["k_per_class"] for r in records}):
+        final = []
+        for model in dict.fromkeys(r["model"] for r in records):
+            for variant in VARIANTS:
+                mine = [r for r in records if r["model"] == model and r["variant"] == variant and r["k_per_class"] == k]
+                if mine:
+                    last = max((r["step"] for r in mine), key=_step_order)
+                    final += [r for r in mine if r["step"] == last]
+        tables.append(f"## k = {k} exemplars per class\n\n" + reporting.table1_markdown(final, settings=settings))
+        bars = final
+    reporting._atomic_write(os.path.join(output_dir, "table.md"), "\n".join(tables))
+    reporting.plot_setting_bars(bars, os.path.join(output_dir, "settings.png"))
+    for model in dict.fromkeys(r["model"] for r in records):
+        k = max(r["k_per_class"] for r in records)
+        stepped = [r for r in records if r["model"] == model and r["variant"] == "tuned" and r["k_per_class"] == k
+                   and r["step"] is not None]
+        if len({r["step"] for r in stepped}) >= 2:
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
+            reporting.plot_accuracy_vs_step(stepped, os.path.join(output_dir, f"accuracy_vs_step_{safe}.png"),
+                                            title=f"{model}: accuracy vs step")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _Parser(prog="symbol_tuning.sweep", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="sweep spec (.json, .yaml or .yml)")
+    parser.add_argument("--output_dir", required=True, help="results.jsonl, results.csv, table.md and plots")
+    parser.add_argument("--data_root", default=None, help="override the spec's data_root")
+    parser.add_argument("--k_per_class", default=None, help="override: comma-separated k values")
+    parser.add_argument("--settings", default=None, help="override: comma-separated settings")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        spec = load_spec(args.config)
+        if args.data_root:
+            spec["data_root"] = args.data_root
+        if args.k_per_class:
+            try:
+                spec["k_per_class"] = [int(k) for k in args.k_per_class.split(",")]
+            except ValueError:
+                raise ValueError(f"--k_per_class: expected comma-separated integers, got "
+                                 f"{args.k_per_class!r}") from None
+        if args.settings:
+            spec["settings"] = [s.strip() for s in args.settings.split(",") if s.strip()]
+        run_sweep(spec, args.output_dir)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        print(f"symbol_tuning.sweep: error: {e}", file=sys.stderr)
+        return 1
+    print(f"symbol_tuning.sweep: wrote {os.path.join(args.output_dir, 'table.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

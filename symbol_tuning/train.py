@@ -1,0 +1,184 @@
+"""`python -m symbol_tuning.train --gin_file=runs/tiny_cpu.gin --gin.MODEL_DIR="'/tmp/run'"`: the train entry.
+
+T5X-style flags (see gin_utils): --gin_file, --gin_bindings, --gin.MACRO=value, --gin_search_paths, plus
+--multiprocess_gpu and the coordinator flags for multi-host runs. Every piece the run needs is a
+keyword-only gin configurable here (model, mesh, optimizer/schedule, input stream, the entry itself),
+so the model, partitioning and trainer modules stay free of gin. Exit codes: 0 done or preempted
+(checkpoint saved), 1 a run error (named), 2 bad flags or gin config.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, Mapping, Sequence
+
+import gin
+
+from symbol_tuning import gin_utils, optimizers, partitioning
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("encoder_decoder", "decoder_only")
+
+gin.external_configurable(partitioning.MeshConfig, name="MeshConfig", module="partitioning")
+gin.external_configurable(optimizers.make_schedule, name="make_schedule", module="optimizers")
+gin.external_configurable(optimizers.make_optimizer, name="make_optimizer", module="optimizers")
+gin.constant("partitioning.DEFAULT_RULES", partitioning.DEFAULT_RULES)
+
+
+@gin.configurable(module="models")
+def build_model(*, family: str = gin.REQUIRED, preset: str | None = None,
+                overrides: Mapping[str, Any] | None = None, config_file: str | None = None) -> Any:
+    """A BaseModel of `family` from a named preset (plus field overrides) or a config.json of ours."""
+    if family not in FAMILIES:
+        raise ValueError(f"models.build_model.family={family!r}: expected one of {FAMILIES}")
+    if family == "encoder_decoder":
+        from symbol_tuning.models.t5 import T5Config as config_cls
+        from symbol_tuning.models.t5_model import model_from_config
+    else:
+        from symbol_tuning.models.decoder import DecoderConfig as config_cls
+        from symbol_tuning.models.decoder_model import model_from_config
+    overrides = dict(overrides or {})
+    if (preset is None) == (config_file is None):
+        raise ValueError("models.build_model: give exactly one of preset= and config_file=")
+    if preset is not None:
+        config = config_cls.preset(preset, **overrides)
+    else:
+        with open(config_file, encoding="utf-8") as f:
+            values = json.load(f)
+        values = values.get("config", values)
+        config = config_cls.from_dict({**values, **overrides})
+    return model_from_config(config)
+
+
+@gin.configurable(module="data")
+def make_batch_stream(*, name: str, vocabulary: str, feature_lengths: Mapping[str, int], batch_size: int,
+                      model_family: str, pack: bool, seed: int, shard_index: int, num_shards: int) -> Any:
+    """This host's resumable stream of numpy batches for a registered task or mixture (pipeline.BatchStream)."""
+    import symbol_tuning.tasks  # noqa: F401 -- registers the embedded default mixtures
+    from symbol_tuning.pipeline import BatchStream
+    from symbol_tuning.vocabularies import get_vocabulary
+
+    return BatchStream(name, vocabulary=get_vocabulary(vocabulary), feature_lengths=dict(feature_lengths),
+                       batch_size=batch_size, model_family=model_family, pack=pack, seed=seed,
+                       shard_index=shard_index, num_shards=num_shards)
+
+
+def load_init_params(path: str) -> Any:
+    """Params from our native checkpoint (config.json with "family") or an HF checkpoint directory."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"init_checkpoint {path}: no config.json")
+    with open(config_path, encoding="utf-8") as f:
+        native = "family" in json.load(f)
+    if native:
+        from symbol_tuning.models.native_io import load_native
+        return load_native(path)[1]
+    from symbol_tuning.import_hf import import_checkpoint
+    return import_checkpoint(path)[1]
+
+
+def _input_shapes(stream: Any, hosts: int) -> dict[str, tuple[int, ...]]:
+    """Global batch shapes read from the stream's next batch, then the stream is put back where it was."""
+    position = stream.state()
+    first = next(iter(stream))
+    stream.restore(position)
+    return {k: (v.shape[0] * hosts,) + tuple(v.shape[1:]) for k, v in first.items() if getattr(v, "ndim", 0) >= 1}
+
+
+def _check_given(values: Mapping[str, Any]) -> None:
+    missing = sorted(k for k, v in values.items() if v is gin.REQUIRED)
+    if missing:
+        raise ValueError(f"train: required parameters not set: {missing} (bind train.<name> or its macro)")
+
+
+@gin.configurable(module="train")
+def train(*, model: Any = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED, model_dir: str = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED, batch_size: int = 8, feature_lengths: Mapping[str, int] | None = None,
+          vocabulary: str = "bytes", pack: bool = True, seed: int = 0, checkpoint_every: int = 100,
+          keep_checkpoints: int = 3, log_every: int = 10, optimizer: Callable[..., Any] = optimizers.make_optimizer,
+          learning_rate_fn: Any = 1e-3, mesh_config: partitioning.MeshConfig | None = None,
+          logical_axis_rules: partitioning.Rules = partitioning.DEFAULT_RULES, init_checkpoint: str | None = None,
+          num_microbatches: int = 1, z_loss: float = 0.0, loss_normalizing_factor: Any = "num_real_target_tokens",
+          stream_fn: Callable[..., Any] = make_batch_stream, eval_fn: Callable | None = None,
+          eval_every: int | None = None) -> Any:
+    """Build model, mesh, optimizer and this host's input stream, then run `trainer.train`.
+
+    `batch_size` is global (split evenly over hosts); `optimizer` is a factory called with
+    `learning_rate=learning_rate_fn` (a float or an optax schedule such as @optimizers.make_schedule()).
+    """
+    from symbol_tuning import trainer
+
+    _check_given(dict(model=model, mixture_or_task_name=mixture_or_task_name, model_dir=model_dir,
+                      train_steps=train_steps))
+    feature_lengths = dict(feature_lengths or {"inputs": 256, "targets": 32})
+    shard_index, num_shards = partitioning.host_shard_info()
+    if batch_size % num_shards:
+        raise ValueError(f"train.batch_size={batch_size} is not divisible by the {num_shards} hosts")
+    mesh = partitioning.create_mesh(mesh_config or partitioning.MeshConfig())
+    stream = stream_fn(name=mixture_or_task_name, vocabulary=vocabulary, feature_lengths=feature_lengths,
+                       batch_size=batch_size // num_shards, model_family=model.family, pack=pack, seed=seed,
+                       shard_index=shard_index, num_shards=num_shards)
+    return trainer.train(
+        model=model, model_dir=model_dir, train_stream=stream, steps=train_steps,
+        optimizer=optimizer(learning_rate=learning_rate_fn), learning_rate_fn=learning_rate_fn, mesh=mesh,
+        rules=tuple(tuple(r) for r in logical_axis_rules), input_shapes=_input_shapes(stream, num_shards),
+        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
+        init_params=load_init_params(init_checkpoint) if init_checkpoint else None,
+        num_microbatches=num_microbatches, z_loss=z_loss, seed=seed, eval_fn=eval_fn, eval_every=eval_every,
+        loss_normalizing_factor=loss_normalizing_factor)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # exit 2 naming the flag, never a traceback
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The train flags (gin flags plus multi-process start-up)."""
+    parser = _Parser(prog="symbol-tuning train", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    gin_utils.add_gin_flags(parser)
+    parser.add_argument("--multiprocess_gpu", action="store_true",
+                        help="start JAX's multi-process runtime (GPU clusters; TPU pods are auto-detected)")
+    parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+    parser.add_argument("--num_processes", type=int, default=None, help="processes in the run")
+    parser.add_argument("--process_id", type=int, default=None, help="this process's index")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        rest, macro_bindings = gin_utils.split_macro_flags(argv)
+    except gin_utils.GinConfigError as e:
+        parser.error(str(e))
+    args, unknown = parser.parse_known_args(rest)
+    if unknown:
+        parser.error(f"unrecognized flags: {' '.join(unknown)}")
+    if args.multiprocess_gpu or args.coordinator_address or args.num_processes or args.process_id is not None:
+        partitioning.initialize_distributed(coordinator_address=args.coordinator_address,
+                                            num_processes=args.num_processes, process_id=args.process_id)
+    try:
+        gin_utils.parse_gin_flags(args, macro_bindings)
+    except gin_utils.GinConfigError as e:
+        print(f"symbol-tuning train: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = train()
+    except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
+        print(f"symbol-tuning train: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    status = "preempted" if result.preempted else "done"
+    resumed = f", resumed from step {result.resumed_from}" if result.resumed_from is not None else ""
+    print(f"symbol-tuning train: {status} at step {result.step}{resumed} (checkpoints {result.checkpoint_steps})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

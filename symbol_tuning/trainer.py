@@ -1,0 +1,295 @@
+"""The training loop: auto-resume, sharded steps, metrics, async checkpoints, preemption and NaN stops.
+
+One host loop, the same on every host: draw this host's batch, assemble the global batch, run the jitted
+step. Metrics stay on device until a log boundary, a checkpoint or the end, where they are fetched
+together; the first non-finite loss stops the run naming its step, before any later state is saved.
+A checkpoint at step k holds the state after k updates and every host's input position right after
+its k-th batch, so a restarted run reads exactly the batches the uninterrupted run would have read.
+SIGTERM (preemption) sets a flag; the loop saves at the current step, waits for the save and returns.
+No TensorFlow or SeqIO here.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+import jax
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from symbol_tuning import metrics as metrics_lib
+from symbol_tuning.checkpoints import Checkpointer
+from symbol_tuning.models.base import BaseModel
+from symbol_tuning.partitioning import Rules, batch_sharding, make_global_batch
+from symbol_tuning.train_state import TrainState, abstract_train_state, create_train_state, make_train_step
+
+log = logging.getLogger(__name__)
+
+EvalFn = Callable[[Any, int], "Mapping[str, float] | None"]
+StepFn = Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Mapping[str, jax.Array]]]
+
+
+class ResumableStream(Protocol):
+    """An iterator of this host's numpy batches whose position can be saved and restored."""
+
+    def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]: ...
+
+    def __next__(self) -> Mapping[str, np.ndarray]: ...
+
+    def state(self) -> dict: ...
+
+    def restore(self, state: dict) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """How a run ended: final state and step, whether SIGTERM stopped it, where it resumed from."""
+
+    state: TrainState
+    step: int
+    preempted: bool = False
+    resumed_from: int | None = None
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint_steps: list[int] = field(default_factory=list)
+
+
+class _PreemptionFlag:
+    """Sets itself on SIGTERM while installed (main thread only); restores the old handler on exit."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> "_PreemptionFlag":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("SIGTERM received: will checkpoint at the current step and stop")
+        self.raised = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def any_host(self) -> bool:
+        """True when any host has been signalled (all hosts must stop at the same step)."""
+        if jax.process_count() == 1:
+            return self.raised
+        flags = multihost_utils.process_allgather(np.array([self.raised], np.int32))
+        return bool(np.any(flags))
+
+
+def estimate_flops_per_token(model: BaseModel, num_params: int, sequence_length: int) -> float:
+    """Training matmul FLOPs per token from the model config (PaLM appendix B); 6 N when the config does
+    not expose d_model / num_layers / vocab_size."""
+    config = getattr(model, "config", None)
+    d_model = getattr(config, "d_model", None)
+    vocab = getattr(config, "vocab_size", None)
+    layers = getattr(config, "num_layers", None) or (
+        (getattr(config, "num_encoder_layers", 0) or 0) + (getattr(config, "num_decoder_layers", 0) or 0))
+    if not (d_model and vocab and layers):
+        return 6.0 * num_params
+    tied = getattr(config, "tie_word_embeddings", False)
+    embedding = vocab * d_model * (1 if tied else 2)
+    return metrics_lib.train_flops_per_token(num_params=num_params, num_embedding_params=min(embedding, num_params),
+                                             num_layers=layers, d_model=d_model, sequence_length=sequence_length,
+                                             vocab_size=vocab)
+
+
+def _check_batch(batch: Mapping[str, np.ndarray], local_shapes: Mapping[str, tuple[int, ...]], step: int) -> None:
+    """ValueError naming the feature whose shape differs from what the state was built for."""
+    missing = sorted(set(local_shapes) - set(batch))
+    if missing:
+        raise ValueError(f"train stream, step {step}: batch lacks features {missing} (has {sorted(batch)})")
+    for name, shape in local_shapes.items():
+        got = tuple(np.shape(batch[name]))
+        if got != tuple(shape):
+            raise ValueError(f"train stream, step {step}: feature {name!r} has shape {got}, expected "
+                             f"{tuple(shape)} (per host)")
+
+
+def _first_bad(pending: list[tuple[int, Mapping[str, jax.Array]]]) -> tuple[list[tuple[int, dict]], str | None]:
+    """Fetch pending step metrics; the message for the first step whose loss or grad norm is not finite."""
+    fetched = [(step, {k: float(v) for k, v in jax.device_get(dict(m)).items()}) for step, m in pending]
+    for step, values in fetched:
+        bad = {k: values[k] for k in ("loss", "grad_norm") if k in values and not math.isfinite(values[k])}
+        if bad:
+            shown = ", ".join(f"{k}={v:.6g}" for k, v in sorted(values.items()))
+            return fetched, (f"non-finite {sorted(bad)} at step {step} ({shown}); the state of this step is not "
+                             "saved, the last good checkpoint is kept")
+    return fetched, None
+
+
+def train(*, model: BaseModel, model_dir: str, train_stream: ResumableStream, steps: int,
+          optimizer: optax.GradientTransformation, learning_rate_fn: float | optax.Schedule, mesh: Mesh,
+          rules: Rules, input_shapes: Mapping[str, tuple[int, ...]], checkpoint_every: int, keep_checkpoints: int,
+          log_every: int, init_params: Any = None, num_microbatches: int = 1, z_loss: float = 0.0, seed: int = 0,
+          eval_fn: EvalFn | None = None, eval_every: int | None = None, loss_normalizing_factor: Any = None,
+          flops_per_token: float | None = None, async_checkpoints: bool = True,
+          step_fn: StepFn | None = None) -> TrainResult:
+    """Train to `steps` total updates in `model_dir`, resuming from its latest complete checkpoint.
+
+    `input_shapes` are global batch shapes ({feature: (global_batch, length)}) that build the state and
+    that every batch is checked against; each host's stream yields its 1/process_count share of the rows,
+    and all of a batch's features go to the step. `eval_fn(params, step)` runs every `eval_every` steps
+    and may return scalars, which are logged under "eval/". `step_fn` replaces the jitted train step
+    (same contract as train_state.make_train_step's). Raises FloatingPointError naming the step on a NaN/inf loss.
+    """
+    for name, value in dict(steps=steps, checkpoint_every=checkpoint_every, log_every=log_every,
+                            keep_checkpoints=keep_checkpoints).items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"train: {name}={value!r} must be a positive integer")
+    if eval_fn is not None and (not isinstance(eval_every, int) or eval_every < 1):
+        raise ValueError(f"train: eval_every={eval_every!r} must be a positive integer when eval_fn is given")
+    hosts = jax.process_count()
+    local_shapes = {}
+    for name, shape in input_shapes.items():
+        if shape[0] % hosts:
+            raise ValueError(f"input_shapes[{name!r}]: global batch {shape[0]} is not divisible by {hosts} hosts")
+        local_shapes[name] = (shape[0] // hosts,) + tuple(shape[1:])
+
+    checkpointer = Checkpointer(model_dir, save_interval_steps=checkpoint_every, max_to_keep=keep_checkpoints,
+                                async_save=async_checkpoints)
+    writer = metrics_lib.MetricsWriter(model_dir)
+    try:
+        latest = checkpointer.latest_step()
+        if latest is not None:
+            abstract = abstract_train_state(model=model, optimizer=optimizer, input_shapes=input_shapes, mesh=mesh,
+                                            rules=rules)
+            state, data_state = checkpointer.restore(latest, abstract)
+            train_stream.restore(data_state)
+            shardings = jax.tree_util.tree_map(lambda x: x.sharding, abstract)
+            log.info("resumed %s at step %d", model_dir, latest)
+        else:
+            state, shardings = create_train_state(model=model, optimizer=optimizer, rng=jax.random.PRNGKey(seed),
+                                                  input_shapes=input_shapes, mesh=mesh, rules=rules,
+                                                  init_params=init_params)
+        start = int(jax.device_get(state.step))
+        if step_fn is None:
+            step_fn = make_train_step(model=model, optimizer=optimizer, state_shardings=shardings,
+                                      batch_shardings=batch_sharding(mesh), mesh=mesh, rules=rules,
+                                      num_microbatches=num_microbatches, z_loss=z_loss,
+                                      loss_normalizing_factor=loss_normalizing_factor,
+                                      learning_rate_fn=learning_rate_fn)
+        if flops_per_token is None:
+            num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
+            length = max(s[1] for s in input_shapes.values() if len(s) > 1)
+            flops_per_token = estimate_flops_per_token(model, num_params, length)
+        loop = _Loop(checkpointer=checkpointer, writer=writer, stream=train_stream, step_fn=step_fn, mesh=mesh,
+                     local_shapes=local_shapes, input_shapes=input_shapes, log_every=log_every,
+                     checkpoint_every=checkpoint_every, eval_fn=eval_fn, eval_every=eval_every,
+                     flops_per_token=flops_per_token, last_saved=latest)
+        with _PreemptionFlag() as flag:
+            state, preempted = loop.run(state, start, steps, flag)
+        checkpointer.wait_until_finished()
+        return TrainResult(state=state, step=int(jax.device_get(state.step)), preempted=preempted,
+                           resumed_from=latest, last_metrics=loop.last_metrics,
+                           checkpoint_steps=checkpointer.all_steps())
+    finally:
+        checkpointer.close()
+        writer.close()
+
+
+class _Loop:
+    """The step loop's bookkeeping: pending device metrics, timing, saves and the progress bar."""
+
+    def __init__(self, *, checkpointer: Checkpointer, writer: metrics_lib.MetricsWriter, stream: ResumableStream,
+                 step_fn: Callable, mesh: Mesh, local_shapes: Mapping[str, tuple[int, ...]],
+                 input_shapes: Mapping[str, tuple[int, ...]], log_every: int, checkpoint_every: int,
+                 eval_fn: EvalFn | None, eval_every: int | None, flops_per_token: float, last_saved: int | None):
+        self.checkpointer, self.writer, self.stream, self.step_fn = checkpointer, writer, stream, step_fn
+        self.mesh, self.local_shapes = mesh, local_shapes
+        self.log_every, self.checkpoint_every = log_every, checkpoint_every
+        self.eval_fn, self.eval_every = eval_fn, eval_every
+        self.flops_per_token = flops_per_token
+        self.tokens_per_step = sum(int(np.prod(s)) for n, s in input_shapes.items()
+                                   if n in ("encoder_input_tokens", "decoder_input_tokens"))
+        self.peak = metrics_lib.peak_flops_per_device()
+        self.pending: list[tuple[int, Mapping[str, jax.Array]]] = []
+        self.last_metrics: dict[str, float] = {}
+        self.last_saved = last_saved
+        self._window_start = time.perf_counter()
+        self._window_steps = 0
+
+    def _drain(self) -> None:
+        """Fetch pending metrics; raise FloatingPointError on the first non-finite step (after waiting for
+        in-flight saves so the last good checkpoint is complete)."""
+        if not self.pending:
+            return
+        fetched, bad = _first_bad(self.pending)
+        self.pending = []
+        if bad is not None:
+            self.checkpointer.wait_until_finished()
+            raise FloatingPointError(bad)
+        self.last_metrics = fetched[-1][1]
+
+    def _log(self, step: int, progress: metrics_lib.Progress) -> None:
+        self._drain()
+        elapsed = time.perf_counter() - self._window_start
+        steps = max(self._window_steps, 1)
+        values = dict(self.last_metrics)
+        values["step_time_s"] = elapsed / steps
+        values["tokens_per_second"] = self.tokens_per_step * steps / max(elapsed, 1e-9)
+        values["target_tokens_per_second"] = values.get("num_target_tokens", 0.0) / max(values["step_time_s"], 1e-9)
+        if self.peak:
+            values["mfu"] = values["tokens_per_second"] * self.flops_per_token / (self.peak * self.mesh.devices.size)
+        self.last_metrics = values
+        self.writer.write(step, values)
+        progress.update(self._window_steps, loss=values.get("loss", float("nan")),
+                        acc=values.get("accuracy", float("nan")))
+        self._window_start, self._window_steps = time.perf_counter(), 0
+
+    def _save(self, step: int, state: TrainState, data_state: dict) -> None:
+        self._drain()  # never save a state whose steps include a non-finite loss
+        if self.last_saved != step:
+            self.checkpointer.save(step, state, data_state, force=True)
+            self.last_saved = step
+
+    def run(self, state: TrainState, start: int, steps: int, flag: _PreemptionFlag) -> tuple[TrainState, bool]:
+        """Steps start+1 .. steps; returns (state, preempted)."""
+        progress = metrics_lib.Progress(steps, initial=start)
+        data_state = self.stream.state()
+        batches = iter(self.stream)
+        try:
+            for step in range(start + 1, steps + 1):
+                if flag.any_host():
+                    self._save(step - 1, state, data_state)
+                    self.checkpointer.wait_until_finished()
+                    return state, True
+                try:
+                    local = next(batches)
+                except StopIteration:
+                    raise ValueError(f"train stream ended at step {step} of {steps}") from None
+                data_state = self.stream.state()
+                _check_batch(local, self.local_shapes, step)
+                batch = make_global_batch(local, self.mesh)
+                state, step_metrics = self.step_fn(state, batch)
+                self.pending.append((step, step_metrics))
+                self._window_steps += 1
+                if step % self.log_every == 0 or step == steps:
+                    self._log(step, progress)
+                if step % self.checkpoint_every == 0 or step == steps:
+                    self._save(step, state, data_state)
+                if self.eval_fn is not None and step % self.eval_every == 0:
+                    self._drain()
+                    result = self.eval_fn(state.params, step)
+                    if result:
+                        self.writer.write(step, {f"eval/{k}": v for k, v in result.items()})
+            self._drain()
+            if flag.any_host():
+                self.checkpointer.wait_until_finished()
+                return state, True
+            return state, False
+        finally:
+            progress.close()

@@ -1,0 +1,307 @@
+"""The evaluator: accuracies recomputed in numpy from raw scores, raw scores equal to independently computed
+log-likelihoods, flipped labels on binary tasks only, exact match for generation, early failures on bad
+names and mismatching checkpoints, and evaluate_all_checkpoints skipping finished steps."""
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from symbol_tuning import eval_checkpoints, evaluation, reporting
+from symbol_tuning.checkpoints import Checkpointer
+from symbol_tuning.eval_suites import EvalDataset, GenerativeTask, build_suite, chance_accuracy, suite_from_data
+from symbol_tuning.examples import GenerativeData, TextPair
+from symbol_tuning.generated import generated_classification
+from symbol_tuning.models.decoder import DecoderConfig
+from symbol_tuning.models.decoder_model import model_from_config as decoder_model
+from symbol_tuning.models.native_io import save_native
+from symbol_tuning.models.safetensors_io import CheckpointMismatchError
+from symbol_tuning.models.t5 import T5Config
+from symbol_tuning.models.t5_model import model_from_config as t5_model
+from symbol_tuning.prompts import build_eval_prompt
+from symbol_tuning.train_state import TrainState
+from symbol_tuning.vocabularies import get_vocabulary
+
+MAX_LEN = 512
+OPTS = dict(k_per_class=1, max_input_length=MAX_LEN, min_prompt_bucket=MAX_LEN, batch_size=4, seed=3)
+T5_CFG = T5Config.preset("tiny", vocab_size=259, d_model=32, d_ff=64, num_heads=2, num_encoder_layers=1,
+                         num_decoder_layers=1, dtype="float32")
+DEC_CFG = DecoderConfig.preset("tiny", vocab_size=259, d_model=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                               d_ff=64, dtype="float32")
+
+
+_INIT = {}
+
+
+def _params(model, seed=0):
+    """Random params (jitted init, compiled once per config: far faster than eager init on CPU)."""
+    if model.config not in _INIT:
+        shapes = ({"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
+                  if model.family == "encoder_decoder" else {"decoder_input_tokens": (1, 8)})
+        _INIT[model.config] = jax.jit(lambda rng: nn.meta.unbox(model.get_initial_variables(rng, shapes)["params"]))
+    return _INIT[model.config](jax.random.PRNGKey(seed))
+
+
+def _dataset(family, queries):
+    return EvalDataset(family, generated_classification(family, split="eval", num_examples=queries, seed=0),
+                       generated_classification(family, split="train", num_examples=12, seed=0))
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return suite_from_data("tiny", [_dataset("product_review", 5), _dataset("stance_on_cats", 4)])
+
+
+@pytest.fixture(scope="module")
+def t5():
+    model = t5_model(T5_CFG)
+    return model, _params(model)
+
+
+@pytest.fixture(scope="module")
+def t5_result(t5, suite):
+    model, params = t5
+    return evaluation.evaluate(model, params, suite, vocabulary=get_vocabulary("bytes"), **OPTS)
+
+
+def test_accuracy_average_and_chance_equal_numpy_recomputation_from_raw_scores(t5_result, suite):
+    records, summary = t5_result.records, t5_result.summary
+    for setting in evaluation.EVAL_SETTINGS:
+        per = {}
+        for d in suite.datasets:
+            mine = [r for r in records if r["setting"] == setting and r["dataset"] == d.name]
+            if setting == "flipped" and d.num_classes != 2:
+                assert not mine
+                continue
+            assert len(mine) == len(d.queries.examples)
+            scores = [np.asarray(r["scores"]) for r in mine]
+            assert all(len(s) == d.num_classes for s in scores)
+            predictions = np.array([int(np.argmax(s)) for s in scores])
+            answers = np.array([r["answer"] for r in mine])
+            assert predictions.tolist() == [r["prediction"] for r in mine]
+            per[d.name] = float(np.mean(predictions == answers))
+            assert summary["accuracy"][setting][d.name] == pytest.approx(per[d.name])
+        assert summary["average"][setting] == pytest.approx(np.mean(list(per.values())))
+    assert summary["chance"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert summary["flipped_chance"] == 0.5
+
+
+def _log_softmax(logits):
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def _padded(rows, length):
+    out = np.zeros((len(rows), length), np.int32)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
+def test_raw_scores_equal_teacher_forced_log_likelihoods_of_the_encoder_decoder(t5, t5_result, suite):
+    model, params = t5
+    vocab = get_vocabulary("bytes")
+    by_name = {d.name: d for d in suite.datasets}
+    encs, targets, scores = [], [], []
+    for record in [r for r in t5_result.records if r["index"] in (0, 2)][:4]:
+        d = by_name[record["dataset"]]
+        flipped = record["setting"] == "flipped"
+        prompt = build_eval_prompt(d.queries, d.exemplars, setting="labels_only" if flipped else record["setting"],
+                                   seed=3, index=record["index"], k_per_class=1, flipped=flipped,
+                                   max_input_length=MAX_LEN - 1)
+        for option, score in zip(prompt.options, record["scores"]):
+            encs.append(vocab.encode(prompt.inputs) + [vocab.eos_id])
+            targets.append(vocab.encode(option) + [vocab.eos_id])
+            scores.append(score)
+    # Right padding is exact: the encoder masks pad ids and the decoder is causal.
+    batch = {"encoder_input_tokens": _padded(encs, MAX_LEN),
+             "decoder_input_tokens": _padded([[0] + t[:-1] for t in targets], 16)}
+    logp = _log_softmax(jax.jit(model.compute_logits)(params, batch))
+    for row, (target, score) in enumerate(zip(targets, scores)):
+        assert score == pytest.approx(sum(logp[row, i, t] for i, t in enumerate(target)), abs=2e-3)
+
+
+def test_raw_scores_equal_causal_log_likelihoods_of_the_decoder_only_model(suite):
+    model = decoder_model(DEC_CFG)
+    params = _params(model, seed=1)
+    vocab = get_vocabulary("bytes")
+    d = suite.datasets[1]
+    result = evaluation.evaluate(model, params, suite_from_data("one", [d]), vocabulary=vocab, settings=["neither"],
+                                 **OPTS)
+    rows, starts, options, scores = [], [], [], []
+    for record in result.records[:2]:
+        prompt = build_eval_prompt(d.queries, d.exemplars, setting="neither", seed=3, index=record["index"],
+                                   k_per_class=1, max_input_length=MAX_LEN)
+        ids = vocab.encode(prompt.inputs)
+        for option, score in zip(prompt.options, record["scores"]):
+            opt = vocab.encode(option)
+            rows.append(ids + opt)
+            starts.append(len(ids))
+            options.append(opt)
+            scores.append(score)
+    logp = _log_softmax(jax.jit(model.compute_logits)(params, {"decoder_input_tokens": _padded(rows, MAX_LEN + 16)}))
+    for row, (start, opt, score) in enumerate(zip(starts, options, scores)):
+        assert score == pytest.approx(sum(logp[row, start - 1 + j, t] for j, t in enumerate(opt)), abs=2e-3)
+
+
+class _EchoModel:
+    """A stand-in encoder-decoder whose 'generation' is its own prompt: exact match holds iff target == input."""
+
+    family = "encoder_decoder"
+    config = "echo"
+
+    def decode(self, params, prompt_tokens, prompt_lengths, *, max_new_tokens, eos_id, temperature=0.0, rng=None):
+        return jnp.asarray(prompt_tokens)[:, :max_new_tokens]
+
+    def score_options(self, *args):
+        raise AssertionError("no scoring expected")
+
+
+def test_generation_is_scored_by_exact_match_after_stripping_whitespace():
+    data = GenerativeData("echo", "eval", (TextPair("[1, 2]", " [1, 2] "), TextPair("abc", "abd"),
+                                           TextPair("x y", "x y")))
+    suite = suite_from_data("gen", generative=[GenerativeTask("echo", data, shots=0)])
+    result = evaluation.evaluate(_EchoModel(), {}, suite, vocabulary=get_vocabulary("bytes"), batch_size=2)
+    assert [r["correct"] for r in result.records] == [True, False, True]
+    assert result.summary["generative"]["echo"] == pytest.approx(2 / 3)
+
+
+class _NoComputeModel:
+    family = "encoder_decoder"
+    config = "none"
+
+    def score_options(self, *args):
+        raise AssertionError("model compute must not start")
+
+    decode = score_options
+
+
+def test_unknown_setting_and_dataset_fail_before_any_compute_naming_valid_ones(suite, shared_data):
+    with pytest.raises(ValueError, match="unknown evaluation settings.*valid: instr_labels"):
+        evaluation.evaluate(_NoComputeModel(), {}, suite, vocabulary=get_vocabulary("bytes"),
+                            settings=["instr_labels", "symbols_only"])
+    with pytest.raises(ValueError, match="unknown datasets \\['subjj'\\]; valid: subj, tweet_eval_hate"):
+        build_suite("paper", data_root=str(shared_data), datasets=["subjj"])
+    with pytest.raises(ValueError, match="unknown suite 'papers'"):
+        build_suite("papers")
+
+
+def test_chance_row_is_the_mean_inverse_class_count_over_the_paper_specs():
+    from symbol_tuning.specs import EVAL_DATASETS
+
+    counts = {name: len(spec.label_names) for name, spec in EVAL_DATASETS.items()}
+    hand = {"subj": 2, "tweet_eval_hate": 2, "tweet_eval_stance_abortion": 3, "tweet_eval_stance_atheism": 3,
+            "tweet_eval_stance_feminist": 3, "tweet_eval_stance_hillary": 3, "raft_ade_corpus_v2": 2,
+            "raft_overruling": 2, "raft_semiconductor_org_types": 3, "raft_terms_of_service": 2,
+            "raft_twitter_complaints": 2}
+    assert counts == hand
+    assert chance_accuracy(list(counts.values())) == pytest.approx((6 / 2 + 5 / 3) / 11)
+    assert round(100 * chance_accuracy(list(counts.values())), 1) == 42.4
+
+
+def test_native_checkpoint_that_mismatches_the_model_config_names_the_tensor(tmp_path):
+    model = t5_model(T5_CFG)
+    save_native(T5_CFG, _params(model), str(tmp_path / "native"))
+    loaded = eval_checkpoints.load_for_eval(str(tmp_path / "native"))
+    assert loaded.kind == "native" and loaded.config == T5_CFG
+    with pytest.raises(CheckpointMismatchError, match=r"tensor '.*mlp.*wi.*' has shape .* needs"):
+        eval_checkpoints.load_for_eval(str(tmp_path / "native"), model_config=T5_CFG.replace(d_ff=48))
+
+
+def _save_orbax(directory, model, steps):
+    optimizer = optax.sgd(0.1)
+    ckpt = Checkpointer(directory, save_interval_steps=1)
+    for step in steps:
+        params = _params(model, seed=step)
+        ckpt.save(step, TrainState(step=jnp.int32(step), params=params, opt_state=optimizer.init(params),
+                                   rng=jnp.zeros((2,), jnp.uint32)))
+    ckpt.close()
+
+
+def test_orbax_training_dir_restores_params_and_rejects_a_mismatching_config(tmp_path):
+    model = t5_model(T5_CFG)
+    _save_orbax(str(tmp_path / "run"), model, [2])
+    loaded = eval_checkpoints.load_for_eval(str(tmp_path / "run"), model_config=T5_CFG)
+    assert loaded.step == 2
+    expected = jax.tree_util.tree_leaves(_params(model, seed=2))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree_util.tree_leaves(loaded.params), expected))
+    with pytest.raises(CheckpointMismatchError, match="token_embedder|embedding|shape"):
+        eval_checkpoints.load_for_eval(str(tmp_path / "run"), model_config=T5_CFG.replace(vocab_size=300))
+    with pytest.raises(ValueError, match="pass model_config"):
+        eval_checkpoints.load_for_eval(str(tmp_path / "run"))
+
+
+def test_evaluate_all_checkpoints_skips_steps_with_results(tmp_path, suite, monkeypatch):
+    model = t5_model(T5_CFG)
+    _save_orbax(str(tmp_path / "run"), model, [1, 2])
+    out = str(tmp_path / "eval")
+    small = suite_from_data("small", [suite.datasets[0]])
+    kwargs = dict(suite=small, vocabulary=get_vocabulary("bytes"), output_dir=out, model_config=T5_CFG,
+                  settings=["neither"], **OPTS)
+    eval_checkpoints.evaluate_all_checkpoints(str(tmp_path / "run"), steps=[1], **kwargs)
+    assert reporting.step_done(out, 1) and not reporting.step_done(out, 2)
+    loads = []
+    real = eval_checkpoints.load_for_eval
+    monkeypatch.setattr(eval_checkpoints, "load_for_eval", lambda *a, **k: loads.append(k["step"]) or real(*a, **k))
+    summaries = eval_checkpoints.evaluate_all_checkpoints(str(tmp_path / "run"), **kwargs)
+    assert loads == [2]
+    assert sorted(summaries) == [1, 2] and reporting.step_done(out, 2)
+    assert os.path.isfile(os.path.join(out, "accuracy_vs_step.png"))
+
+
+def test_make_eval_fn_returns_the_evaluate_summary_as_flat_metrics(t5, suite, t5_result, tmp_path):
+    model, params = t5
+    eval_fn = evaluation.make_eval_fn(model=model, suite=suite, vocabulary=get_vocabulary("bytes"),
+                                      output_dir=str(tmp_path), **OPTS)
+    metrics = eval_fn(params, 7)
+    assert metrics["eval/neither/average"] == pytest.approx(t5_result.summary["average"]["neither"])
+    assert metrics["eval/flipped/product_review"] == pytest.approx(
+        t5_result.summary["accuracy"]["flipped"]["product_review"])
+    assert reporting.step_done(str(tmp_path), 7)
+
+
+def test_sharded_params_on_an_8_device_mesh_give_the_unsharded_scores(t5, t5_result, suite, tmp_path):
+    from symbol_tuning.partitioning import DEFAULT_RULES, MeshConfig, create_mesh
+
+    model, params = t5
+    save_native(T5_CFG, params, str(tmp_path / "native"))
+    mesh = create_mesh(MeshConfig(ici_data=4, ici_fsdp=2, ici_tensor=1))  # byte vocab 259 cannot split
+    loaded = eval_checkpoints.load_for_eval(str(tmp_path / "native"), mesh=mesh, rules=DEFAULT_RULES)
+    assert any(len(leaf.sharding.device_set) == 8 and not leaf.sharding.is_fully_replicated
+               for leaf in jax.tree_util.tree_leaves(loaded.params))
+    one = suite_from_data("one", [suite.datasets[1]])
+    sharded = evaluation.evaluate(loaded.model, loaded.params, one, vocabulary=get_vocabulary("bytes"),
+                                  settings=["neither"], mesh=mesh, **{**OPTS, "batch_size": 8})
+    expected = [r for r in t5_result.records if r["dataset"] == "stance_on_cats" and r["setting"] == "neither"]
+    assert len(sharded.records) == len(expected)
+    for got, want in zip(sharded.records, expected):
+        np.testing.assert_allclose(got["scores"], want["scores"], atol=2e-3)
+
+
+def test_cli_all_steps_evaluates_only_steps_missing_from_the_output_dir(tmp_path):
+    from symbol_tuning import eval as eval_cli
+
+    model = t5_model(T5_CFG)
+    _save_orbax(str(tmp_path / "run"), model, [1, 2])
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps({"family": "encoder_decoder",
+                                                              "config": T5_CFG.to_dict()}))
+    out = tmp_path / "eval"
+    argv = [f"--checkpoint={tmp_path / 'run'}", "--all_steps", "--suite=embedded", "--datasets=product_review",
+            "--settings=neither", "--max_queries=5", "--k_per_class=1", "--max_input_length=512",
+            "--min_prompt_bucket=512", "--batch_size=4", "--seed=3",
+            f"--model_config={tmp_path / 'cfg' / 'config.json'}", f"--output_dir={out}"]
+    assert eval_cli.main(argv) == 0
+    assert reporting.step_done(str(out), 1) and reporting.step_done(str(out), 2)
+    first = os.path.getmtime(out / "step_1" / "summary.json")
+    (out / "step_2" / "summary.json").unlink()
+    assert eval_cli.main(argv) == 0
+    assert os.path.getmtime(out / "step_1" / "summary.json") == first
+    assert reporting.step_done(str(out), 2)
+    assert (out / "results.csv").read_text().count("\n") == 1 + 2
