@@ -14,20 +14,30 @@ after the targets.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from symbol_tuning import feature_converters as fc
-from symbol_tuning.prompts import stable_hash
-from symbol_tuning.task_registry import (Mixture, MixtureRegistry, PromptTask, TaskRegistry,  # noqa: F401
-                                         get_task_or_mixture, register_mixture)
+from symbol_tuning.prompts import stable_hash, utf8_length
+from symbol_tuning.task_registry import (Mixture, MixtureRegistry, PromptBudget, PromptTask,  # noqa: F401
+                                         TaskRegistry, get_task_or_mixture, register_mixture)
 
 __all__ = ["BLOCK", "BatchStream", "Mixture", "MixtureRegistry", "MixtureSampler", "PromptTask", "TaskRegistry",
            "get_task_or_mixture", "register_mixture"]
 
 BLOCK = 4096
 FAMILIES = ("encoder_decoder", "decoder_only")
+
+
+def token_length_fn(vocabulary) -> Callable[[str], int]:
+    """A text's length in the vocabulary's tokens: UTF-8 bytes for the byte vocabulary (exact and
+    fast), the encoded length otherwise."""
+    from symbol_tuning.vocabularies import ByteVocabulary
+
+    if isinstance(vocabulary, ByteVocabulary):
+        return utf8_length
+    return lambda text: len(vocabulary.encode(text))
 _STATE_VERSION = 1
 
 
@@ -140,12 +150,15 @@ class BatchStream:
             self._caps = (lengths["inputs"], lengths["targets"])
         else:
             self._caps = (lengths["inputs"] + lengths["targets"],)
+        specials = 1 if (model_family == "encoder_decoder" or self._bos is not None) else 0
+        self.budget = PromptBudget(max_input_length=lengths["inputs"] - specials,
+                                   length_fn=token_length_fn(vocabulary))
 
     # -- examples -------------------------------------------------------------------------------
     def example_at(self, position: int) -> dict:
         """The raw example dict at a global position (must be at or after the current block)."""
         task, index = self.sampler.locate(position)
-        return task.example(index, self.seed)
+        return task.example(index, self.seed, self.budget)
 
     def tokenize(self, example: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, targets) token arrays with EOS (and BOS for decoder-only) as this stream adds them."""

@@ -18,14 +18,28 @@ from typing import Any, Callable, Sequence
 from symbol_tuning.examples import ClassificationData, GenerativeData
 
 KINDS = ("symbol", "instruction", "eval")
-ExampleFn = Callable[[int, int], dict]
 # Symbol-tuning prompts leave room for EOS (and BOS for decoder-only vocabularies) in a 2048 row.
 DEFAULT_MAX_INPUT_LENGTH = 2046
 
 
 @dataclasses.dataclass(frozen=True)
+class PromptBudget:
+    """How long a prompt's inputs may be, in the tokens of the vocabulary that will encode them.
+
+    A batch stream derives it from its feature lengths and vocabulary, so prompts built for a
+    512-token model drop exemplars to fit 512 tokens instead of failing or being truncated.
+    """
+
+    max_input_length: int
+    length_fn: Callable[[str], int] | None = None
+
+
+ExampleFn = Callable[[int, int, "PromptBudget | None"], dict]
+
+
+@dataclasses.dataclass(frozen=True)
 class PromptTask:
-    """A named deterministic function `fn(index, seed) -> example dict`.
+    """A named deterministic function `fn(index, seed, budget) -> example dict`.
 
     `num_examples` is one epoch's length (None: unbounded or not known before loading; then
     `size_fn`, if given, loads and tells). Tasks accept any index >= 0 and wrap it themselves.
@@ -50,11 +64,11 @@ class PromptTask:
             return self.num_examples
         return self.size_fn() if self.size_fn is not None else None
 
-    def example(self, index: int, seed: int = 0) -> dict:
-        """The example at `index` for prompt seed `seed`, tagged with the task name."""
+    def example(self, index: int, seed: int = 0, budget: PromptBudget | None = None) -> dict:
+        """The example at `index` for prompt seed `seed` (within `budget` when given), tagged with the task name."""
         if index < 0:
             raise IndexError(f"task {self.name!r}: index must be >= 0, got {index}")
-        out = dict(self.fn(index, seed))
+        out = dict(self.fn(index, seed, budget))
         out.setdefault("task", self.name)
         return out
 
@@ -193,6 +207,16 @@ def _prompt_dict(prompt) -> dict[str, Any]:
             "answer": int(prompt.answer), "dataset": prompt.dataset, "index": int(prompt.index)}
 
 
+def _limits(budget: PromptBudget | None, default_max: int) -> dict[str, Any]:
+    """Prompt-builder keywords for a budget (the task's own default length when none is given)."""
+    if budget is None:
+        return {"max_input_length": default_max}
+    out: dict[str, Any] = {"max_input_length": budget.max_input_length}
+    if budget.length_fn is not None:
+        out["length_fn"] = budget.length_fn
+    return out
+
+
 def symbol_task(name: str, loader: Callable[[], ClassificationData], *, num_examples: int | None = None,
                 max_input_length: int = DEFAULT_MAX_INPUT_LENGTH, check_eval: bool = True) -> PromptTask:
     """A symbol-tuning task over the data `loader` returns (called once, on first use)."""
@@ -206,8 +230,8 @@ def symbol_task(name: str, loader: Callable[[], ClassificationData], *, num_exam
             check_no_overlap([loaded], registered_eval_data())
         return loaded
 
-    def fn(index: int, seed: int) -> dict:
-        return _prompt_dict(build_tuning_prompt(data(), seed=seed, index=index, max_input_length=max_input_length))
+    def fn(index: int, seed: int, budget: PromptBudget | None = None) -> dict:
+        return _prompt_dict(build_tuning_prompt(data(), seed=seed, index=index, **_limits(budget, max_input_length)))
 
     return PromptTask(name, num_examples, fn, "symbol", size_fn=lambda: len(data().examples))
 
@@ -222,13 +246,13 @@ def eval_task(name: str, query_loader: Callable[[], ClassificationData],
     query = functools.lru_cache(maxsize=1)(query_loader)
     exemplars = functools.lru_cache(maxsize=1)(exemplar_loader)
 
-    def fn(index: int, seed: int) -> dict:
+    def fn(index: int, seed: int, budget: PromptBudget | None = None) -> dict:
         size = len(query().examples)
         if index >= size:
             raise IndexError(f"eval task {name!r}: index {index} is past its {size} examples")
         out = _prompt_dict(build_eval_prompt(query(), exemplars(), setting=setting, seed=seed, index=index,
                                              k_per_class=k_per_class, flipped=flipped,
-                                             max_input_length=max_input_length))
+                                             **_limits(budget, max_input_length)))
         out["setting"] = setting + (":flipped" if flipped else "")
         return out
 
@@ -241,7 +265,7 @@ def instruction_task(name: str, loader: Callable[[], GenerativeData], *, num_exa
     """An instruction-tuning task: example `index % N` of the data `loader` returns, as is."""
     data = functools.lru_cache(maxsize=1)(loader)
 
-    def fn(index: int, seed: int) -> dict:
+    def fn(index: int, seed: int, budget: PromptBudget | None = None) -> dict:
         examples = data().examples
         pair = examples[index % len(examples)]
         return {"inputs": pair.inputs, "targets": pair.targets, "options": (pair.targets,), "answer": 0,

@@ -17,7 +17,7 @@ VOCAB = ByteVocabulary()
 
 
 def _toy(name, kind="symbol", long_at=None):
-    def fn(index, seed):
+    def fn(index, seed, budget=None):
         words = " ".join(["w"] * ((index * 7 + seed) % 5))
         text = f"{name}#{index}@{seed} {words}" if index != long_at else "x" * 500
         return {"inputs": text, "targets": f"t{index % 3}", "options": ("t0", "t1", "t2"), "answer": index % 3,
@@ -218,3 +218,22 @@ def test_num_epochs_ends_a_finite_task_after_one_pass_with_a_padded_last_batch()
     texts = [s[0] for b in batches for s in _segments_unpacked(b)]
     assert texts == [TaskRegistry.get("toy_finite").example(i, 0)["inputs"] for i in range(10)]
     assert not batches[-1]["encoder_input_tokens"][2:].any()
+
+
+def test_stream_budgets_symbol_prompts_to_its_input_length_instead_of_failing():
+    import symbol_tuning.tasks  # noqa: F401  (registers the embedded default)
+
+    short = BatchStream("embedded_symbol_100", vocabulary=VOCAB, feature_lengths={"inputs": 512, "targets": 16},
+                        batch_size=4, pack=False)
+    long_ = BatchStream("embedded_symbol_100", vocabulary=VOCAB, feature_lengths={"inputs": 4096, "targets": 16},
+                        batch_size=4, pack=False)
+    short_lengths, long_lengths = [], []
+    for _ in range(5):
+        short_lengths += list((next(short)["encoder_input_tokens"] != 0).sum(axis=1))
+        long_lengths += list((next(long_)["encoder_input_tokens"] != 0).sum(axis=1))
+    assert max(short_lengths) <= 512  # inputs + EOS within the feature length
+    assert max(long_lengths) > 512  # the same prompts are longer when the budget allows
+    ex_short, ex_long = short.example_at(0), long_.example_at(0)
+    query = ex_long["inputs"].rsplit("\n\n", 1)[-1]
+    assert ex_short["inputs"].endswith(query)  # exemplars were dropped, the query is whole
+    assert len(ex_short["inputs"].encode()) <= 511 < len(ex_long["inputs"].encode())
