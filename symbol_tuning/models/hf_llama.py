@@ -8,8 +8,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Callable
 
 import numpy as np
@@ -17,7 +15,7 @@ from flax import traverse_util
 import flax.linen as nn
 
 from symbol_tuning.models.decoder import DecoderConfig
-from symbol_tuning.models.safetensors_io import check_tensors, load_tensors, save_tensors
+from symbol_tuning.models.safetensors_io import check_tensors, load_tensors, write_hf_checkpoint
 
 IGNORED = ("rotary_emb.inv_freq",)
 Array = np.ndarray
@@ -150,19 +148,4 @@ def export_llama(config: DecoderConfig, params: Any, out_dir: str) -> None:
     """Write config.json + safetensors loadable by transformers; the directory appears only when complete."""
     hf_config = config.to_hf_config()  # raises for PaLM-shaped configs before anything is written
     tensors = llama_tensors(config, params)
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and os.listdir(out_dir):
-        raise FileExistsError(f"{out_dir}: output directory exists and is not empty")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
-        save_tensors(tensors, tmp)
-        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(hf_config, f, indent=2)
-        if os.path.exists(out_dir):
-            os.rmdir(out_dir)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_hf_checkpoint(out_dir, tensors, hf_config)

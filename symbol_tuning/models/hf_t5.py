@@ -10,8 +10,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -19,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from symbol_tuning.models.safetensors_io import CheckpointMismatchError, check_tensors, load_tensors, save_tensors
+from symbol_tuning.models.safetensors_io import CheckpointMismatchError, check_tensors, load_tensors, write_hf_checkpoint
 from symbol_tuning.models.t5 import T5Config
 
 Array = np.ndarray
@@ -184,19 +182,4 @@ def export_t5(config: T5Config, params: Any, out_dir: str) -> None:
     """
     hf_config = config.to_hf_config()
     tensors = t5_tensors(config, params)
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and os.listdir(out_dir):
-        raise FileExistsError(f"{out_dir}: output directory exists and is not empty")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
-        save_tensors(tensors, tmp)
-        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(hf_config, f, indent=2)
-        if os.path.exists(out_dir):
-            os.rmdir(out_dir)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_hf_checkpoint(out_dir, tensors, hf_config)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import flax.linen as nn
@@ -15,6 +13,8 @@ import numpy as np
 from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
+
+from symbol_tuning.models.safetensors_io import write_directory_atomically
 
 CONFIG_NAME = "config.json"
 PARAMS_NAME = "params.safetensors"
@@ -51,19 +51,13 @@ def save_native(config: Any, params: Any, directory: str, *, dtype: str = "float
     values = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
     flat = traverse_util.flatten_dict(nn.meta.unbox(params), sep="/")
     tensors = {k: np.ascontiguousarray(np.asarray(v, DTYPES[dtype])) for k, v in flat.items()}
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".native-", dir=parent)
-    try:
+
+    def write(tmp: str) -> None:
         save_file(tensors, os.path.join(tmp, PARAMS_NAME), metadata={"format": "symbol_tuning"})
         with open(os.path.join(tmp, CONFIG_NAME), "w", encoding="utf-8") as f:
             json.dump({"family": family_of(config), "config": values}, f, indent=2)
-        if os.path.exists(directory):
-            os.rmdir(directory)
-        os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_directory_atomically(directory, write, prefix=".native-")
 
 
 def load_native(directory: str) -> tuple[Any, dict]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping
+import shutil
+import tempfile
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from safetensors import safe_open
@@ -113,3 +115,35 @@ def save_tensors(tensors: Mapping[str, np.ndarray], directory: str, *, max_shard
         written.append((tmp, os.path.join(directory, INDEX_NAME)))
     for tmp, final in written:
         os.replace(tmp, final)
+
+
+def write_directory_atomically(directory: str, write: Callable[[str], Any], *, prefix: str = ".tmp-") -> None:
+    """Run `write(tmp_dir)` in a sibling temporary directory, then rename it to `directory`.
+
+    A directory that exists and is not empty is refused; on any failure the temporary directory is
+    removed, so a checkpoint directory only ever appears complete.
+    """
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory) and os.listdir(directory):
+        raise FileExistsError(f"{directory}: output directory exists and is not empty")
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    try:
+        write(tmp)
+        if os.path.exists(directory):
+            os.rmdir(directory)
+        os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_hf_checkpoint(out_dir: str, tensors: Mapping[str, np.ndarray], hf_config: Mapping[str, Any]) -> None:
+    """An HF checkpoint directory (safetensors + config.json), written atomically."""
+    def write(tmp: str) -> None:
+        save_tensors(tensors, tmp)
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(hf_config, f, indent=2)
+
+    write_directory_atomically(out_dir, write, prefix=".export-")
