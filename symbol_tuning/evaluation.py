@@ -24,6 +24,7 @@ import numpy as np
 
 from symbol_tuning.eval_checkpoints import LoadedModel, evaluate_all_checkpoints, load_for_eval  # noqa: F401
 from symbol_tuning.eval_suites import EvalDataset, EvalSuite, GenerativeTask, chance_accuracy
+from symbol_tuning.metrics import Progress
 from symbol_tuning.models.base import BaseModel
 from symbol_tuning.prompts import SETTINGS, Prompt, build_eval_prompt, build_generative_prompt, utf8_length
 
@@ -174,6 +175,7 @@ def score_prompts(model: BaseModel, params: Any, prompt_ids: Sequence[Sequence[i
     for i, row in enumerate(prompt_ids):
         groups.setdefault(bucket(len(row), min_prompt_bucket), []).append(i)
     out: list[np.ndarray | None] = [None] * len(prompt_ids)
+    progress = Progress(sum(-(-len(m) // batch_size) for m in groups.values()), desc="eval")
     for lp, members in sorted(groups.items()):
         for start, stop in _batches(len(members), batch_size):
             rows = members[start:stop] + [members[start]] * (batch_size - (stop - start))
@@ -186,6 +188,8 @@ def score_prompts(model: BaseModel, params: Any, prompt_ids: Sequence[Sequence[i
             scores = _to_host(fn(params, batch["p"], batch["pl"], batch["o"], batch["ol"]))
             for j, i in enumerate(members[start:stop]):
                 out[i] = scores[j, :len(option_ids[i])].astype(np.float32)
+            progress.update(1)
+    progress.close()
     return out  # type: ignore[return-value]
 
 
