@@ -9,6 +9,7 @@ so the model, partitioning and trainer modules stay free of gin. Exit codes: 0 d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -65,6 +66,43 @@ def make_batch_stream(*, name: str, vocabulary: str, feature_lengths: Mapping[st
     return BatchStream(name, vocabulary=get_vocabulary(vocabulary), feature_lengths=dict(feature_lengths),
                        batch_size=batch_size, model_family=model_family, pack=pack, seed=seed,
                        shard_index=shard_index, num_shards=num_shards)
+
+
+@gin.configurable(module="data")
+def local_symbol_mixture(*, name: str = "local_symbol_mixture", data_root: str = gin.REQUIRED,
+                         datasets: Sequence[str] = gin.REQUIRED, symbol_rate: float = 0.16,
+                         instruction_path: str | None = None, instruction_task: str = "instructions:gen",
+                         max_examples: int = 25_000, skip_bad_rows: bool = False) -> str:
+    """Register a symbol-tuning mixture over raw local copies of real datasets and return its name.
+
+    `datasets` are names known to `local_layouts` (the paper's names or the folder names of a local
+    data root such as ../shared/data), read from `data_root`; symbol data is `symbol_rate` of the
+    stream and the rest comes from `instruction_path` (any (inputs, targets) file a Flan export gives,
+    see instruction_data) or, without it, the generated instruction task. Bind it as the mixture:
+    `MIXTURE_OR_TASK_NAME = @data.local_symbol_mixture()`. Evaluation datasets are refused.
+    """
+    import symbol_tuning.tasks  # noqa: F401 -- registers the generated instruction task
+    from symbol_tuning.decontamination import assert_tuning_names_allowed
+    from symbol_tuning.local_files import load_local
+    from symbol_tuning.local_layouts import local_source
+    from symbol_tuning.task_registry import TaskRegistry, instruction_task as make_instruction_task
+    from symbol_tuning.task_registry import register_mixture
+
+    if instruction_path is not None:
+        from symbol_tuning.instruction_data import load_instruction_data
+
+        instruction_task = f"instructions:{os.path.basename(os.path.normpath(instruction_path))}"
+        data = load_instruction_data(instruction_path, skip_bad_rows=skip_bad_rows)
+        TaskRegistry.add(make_instruction_task(instruction_task, lambda: data, num_examples=len(data.examples)),
+                         overwrite=True)
+    assert_tuning_names_allowed(list(datasets))
+    # Renamed so that these tasks never alias the paper's hub-backed "symbol_tuning:<name>" tasks.
+    loaded = [dataclasses.replace(load_local(source=local_source(d, data_root, "train"), split="train",
+                                             skip_bad_rows=skip_bad_rows, max_examples=max_examples),
+                                  name=f"local/{d}") for d in datasets]
+    register_mixture(name, datasets=loaded, symbol_rate=symbol_rate, instruction_task=instruction_task,
+                     overwrite=True)
+    return name
 
 
 def load_init_params(path: str) -> Any:
