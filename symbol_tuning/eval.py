@@ -13,8 +13,11 @@ import argparse
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
+import gin
+
+from symbol_tuning import gin_utils
 from symbol_tuning.models.safetensors_io import CheckpointMismatchError
 
 
@@ -44,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     from symbol_tuning.eval_suites import PAPER_SOURCES, SUITES
 
     p = _Parser(prog="symbol_tuning.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="native, HF or Orbax training checkpoint directory")
+    gin_utils.add_gin_flags(p)
+    p.add_argument("--checkpoint", default=None, help="native, HF or Orbax training checkpoint directory (required)")
     steps = p.add_mutually_exclusive_group()
     steps.add_argument("--step", type=int, default=None, help="Orbax step to evaluate (default: latest)")
     steps.add_argument("--all_steps", action="store_true", help="evaluate every Orbax step not yet done")
@@ -107,8 +111,33 @@ def run(args: argparse.Namespace) -> None:
     print(reporting.summary_markdown(result.summary, title=label))
 
 
+@gin.configurable(module="evaluate")
+def flags(*, checkpoint: str | None = None, step: int | None = None, all_steps: bool | None = None,
+          suite: str | None = None, data_root: str | None = None, source: str | None = None,
+          datasets: Sequence[str] | None = None, settings: Sequence[str] | None = None,
+          concepts: Sequence[str] | None = None, k_per_class: int | None = None, vocabulary: str | None = None,
+          max_input_length: int | None = None, min_prompt_bucket: int | None = None,
+          max_queries: int | None = None, batch_size: int | None = None, seed: int | None = None,
+          model_config: str | None = None, output_dir: str | None = None, label: str | None = None
+          ) -> dict[str, Any]:
+    """The eval flags as gin bindings (`evaluate.flags.suite = 'paper'`, see gin_configs/runs/eval.gin);
+    flags given on the command line win over the config."""
+    values = dict(checkpoint=checkpoint, step=step, all_steps=all_steps, suite=suite, data_root=data_root,
+                  source=source, datasets=datasets, settings=settings, concepts=concepts, k_per_class=k_per_class,
+                  vocabulary=vocabulary, max_input_length=max_input_length, min_prompt_bucket=min_prompt_bucket,
+                  max_queries=max_queries, batch_size=batch_size, seed=seed, model_config=model_config,
+                  output_dir=output_dir, label=label)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = gin_utils.parse_args_with_gin(parser, list(sys.argv[1:] if argv is None else argv), flags)
+    except gin_utils.GinConfigError as e:
+        parser.error(str(e))
+    if args.checkpoint is None:
+        parser.error("--checkpoint is required (a flag, or evaluate.flags.checkpoint / CHECKPOINT in a gin file)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         run(args)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import gin
 
@@ -116,3 +116,21 @@ def parse_gin_flags(args: argparse.Namespace, macro_bindings: Sequence[str] = ()
     """parse_gin from flags added by add_gin_flags plus bindings split off by split_macro_flags."""
     return parse_gin(gin_files=args.gin_file, gin_bindings=list(args.gin_bindings) + list(macro_bindings),
                      search_paths=args.gin_search_paths, finalize=finalize)
+
+
+def parse_args_with_gin(parser: argparse.ArgumentParser, argv: Sequence[str],
+                        defaults_fn: Callable[[], Mapping[str, Any]]) -> argparse.Namespace:
+    """Parse `argv` where gin files and bindings may supply the flags' values.
+
+    --gin_file / --gin_bindings / --gin.MACRO=... are parsed first; `defaults_fn` (a gin configurable
+    returning {flag: value} for what the config binds) then sets the parser's defaults, so a value
+    written on the command line still wins. Without gin flags this is plain `parser.parse_args`.
+    """
+    rest, macros = split_macro_flags(argv)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    add_gin_flags(pre)
+    gin_args, rest = pre.parse_known_args(rest)
+    if gin_args.gin_file or gin_args.gin_bindings or macros:
+        parse_gin_flags(gin_args, macros)
+        parser.set_defaults(**dict(defaults_fn()))
+    return parser.parse_args(rest)

@@ -26,6 +26,10 @@ import os
 import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import gin
+
+from symbol_tuning import gin_utils
+
 log = logging.getLogger(__name__)
 VARIANTS = ("baseline", "tuned")
 RESULTS = "results.jsonl"
@@ -242,15 +246,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+@gin.configurable(module="sweep")
+def flags(*, config: str | None = None, output_dir: str | None = None, data_root: str | None = None,
+          k_per_class: str | None = None, settings: str | None = None) -> dict[str, Any]:
+    """The sweep flags as gin bindings (`sweep.flags.config = '...'`, see gin_configs/runs/sweep.gin);
+    flags given on the command line win over the config."""
+    values = dict(config=config, output_dir=output_dir, data_root=data_root, k_per_class=k_per_class,
+                  settings=settings)
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(prog="symbol_tuning.sweep", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="sweep spec (.json, .yaml or .yml)")
-    parser.add_argument("--output_dir", required=True, help="results.jsonl, results.csv, table.md and plots")
+    gin_utils.add_gin_flags(parser)
+    parser.add_argument("--config", default=None, help="sweep spec (.json, .yaml or .yml) (required)")
+    parser.add_argument("--output_dir", default=None, help="results.jsonl, results.csv, table.md and plots (required)")
     parser.add_argument("--data_root", default=None, help="override the spec's data_root")
     parser.add_argument("--k_per_class", default=None, help="override: comma-separated k values")
     parser.add_argument("--settings", default=None, help="override: comma-separated settings")
-    args = parser.parse_args(argv)
+    try:
+        args = gin_utils.parse_args_with_gin(parser, list(sys.argv[1:] if argv is None else argv), flags)
+    except gin_utils.GinConfigError as e:
+        parser.error(str(e))
+    for flag in ("config", "output_dir"):
+        if getattr(args, flag) is None:
+            parser.error(f"--{flag} is required (a flag, or sweep.flags.{flag} in a gin file)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         spec = load_spec(args.config)
