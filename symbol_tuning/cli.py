@@ -8,7 +8,13 @@ from typing import Sequence
 
 # subcommand -> (module, one-line help). Each module exposes `main(argv: Sequence[str] | None) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("symbol_tuning.demo", "run the embedded default end to end on this machine"),
+    "demo": ("symbol_tuning.demo", "symbol-tune a tiny model on the embedded default and print the paper's table"),
+    "train": ("symbol_tuning.train", "train with T5X-style gin flags (--gin_file, --gin.MACRO=...)"),
+    "eval": ("symbol_tuning.eval", "evaluate a checkpoint in the four settings, flipped labels and BIG-Bench"),
+    "sweep": ("symbol_tuning.sweep", "resumable evaluation sweep over checkpoints x models x settings x k"),
+    "plan": ("symbol_tuning.plan", "parameter count and per-device memory of a gin config on a topology"),
+    "import-hf": ("symbol_tuning.import_hf", "HF safetensors checkpoint (T5 / Llama / Qwen2 / Mistral) -> native"),
+    "export-hf": ("symbol_tuning.export_hf", "native checkpoint -> HF safetensors + config.json"),
 }
 
 

@@ -1,0 +1,1 @@
+"""Gin configs shipped with the package (models, mixtures, topologies, runs); see README.md."""
