@@ -1,0 +1,315 @@
+"""Training-step throughput and MFU of our JAX trainer on the PyTorch peer's shapes.
+
+    python benchmarks/train_throughput.py [--only decoder|t5-base|t5-large] [--steps 10] [--warmup 3]
+        [--tiny] [--remat none|minimal|full] [--attention_impl cudnn|xla] [--optimizer adamw|adafactor]
+        [--param_dtype float32|bfloat16] [--json_out FILE]
+
+Shapes are those of /work/shared/bench/peer_hf_torch.py (same config names, so the two outputs join):
+decoder-1.1B (preset decoder_1b) at sequence 2048, batch 8; Flan-T5-base and -large shapes at inputs
+1024 / targets 64, batch 32; bf16 compute. Synthetic random token batches, warm-up steps excluded, one
+device sync around the timed steps. FLOPs follow the peer (PaLM appendix B): 6 x non-embedding params x
+tokens + the LM head + attention; MFU is against the chip's dense bf16 peak (none on CPU). One JSON
+line per configuration (the peer's keys plus ours), then a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from symbol_tuning import metrics, optimizers, partitioning, train_state
+from symbol_tuning.models.decoder import DecoderConfig
+from symbol_tuning.models.decoder_model import DecoderOnlyModel
+from symbol_tuning.models.t5 import T5Config
+from symbol_tuning.models.t5_model import EncoderDecoderModel
+
+IMPL = "symbol_tuning-jax"
+EMBEDDING_KEYS = ("token_embed", "lm_head")
+
+
+def decoder_shape(tiny: bool) -> dict[str, Any]:
+    """The peer's decoder benchmark: name, config fields, sequence length and batch."""
+    if tiny:
+        cfg = dict(vocab_size=256, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, d_ff=128)
+        return dict(name="llama-tiny", fields=cfg, seq=64, batch=2)
+    fields = DecoderConfig.preset("decoder_1b").to_dict()
+    return dict(name="decoder-1.1B seq2048 bs8", fields=fields, seq=2048, batch=8)
+
+
+def t5_shape(size: str, tiny: bool) -> dict[str, Any]:
+    """The peer's T5 benchmarks (Flan-T5 base / large shapes, inputs 1024, targets 64, batch 32)."""
+    if tiny:
+        cfg = dict(vocab_size=256, d_model=64, num_heads=4, d_kv=16, d_ff=128, num_encoder_layers=2,
+                   num_decoder_layers=2)
+        return dict(name="t5-tiny", fields=cfg, inputs=64, targets=16, batch=2)
+    fields = T5Config.preset(f"flan_t5_{size}").to_dict()
+    return dict(name=f"t5-{size}(flan) in1024 out64 bs32", fields=fields, inputs=1024, targets=64, batch=32)
+
+
+def count_params(abstract_params: Any, under: str | None = None) -> tuple[int, int]:
+    """(all, non-embedding) parameter counts, optionally only under top-level key `under`."""
+    total = non_embedding = 0
+    for path, x in jax.tree_util.tree_leaves_with_path(abstract_params):
+        keys = [getattr(k, "key", None) for k in path]
+        if under is not None and keys[0] != under:
+            continue
+        n = math.prod(x.shape)
+        total += n
+        if not any(k in EMBEDDING_KEYS for k in keys):
+            non_embedding += n
+    return total, non_embedding
+
+
+def decoder_flops_per_step(config: DecoderConfig, abstract_params: Any, batch: int, seq: int) -> float:
+    """The peer's decoder formula: (6 N + 6 V d) B T + 12 L d T B T, N = non-embedding params."""
+    total, non_embedding = count_params(abstract_params)
+    per_token = metrics.train_flops_per_token(num_params=total, num_embedding_params=total - non_embedding,
+                                              num_layers=config.num_layers, d_model=config.d_model,
+                                              sequence_length=seq, vocab_size=config.vocab_size)
+    return per_token * batch * seq
+
+
+def t5_flops_per_step(config: T5Config, abstract_params: Any, batch: int, inputs: int, targets: int) -> float:
+    """The peer's T5 formula: 6 B (N_enc Li + N_dec Lt + V d Lt) + 12 L H dkv B (Li^2 + Lt^2 + Lt Li)."""
+    n_enc = count_params(abstract_params, "encoder")[1]
+    n_dec = count_params(abstract_params, "decoder")[1]
+    flops = 6 * batch * (n_enc * inputs + n_dec * targets + config.vocab_size * config.d_model * targets)
+    flops += 12 * config.num_encoder_layers * config.num_heads * config.d_kv * batch * (
+        inputs * inputs + targets * targets + targets * inputs)
+    return float(flops)
+
+
+def synthetic_batch(family: str, vocab: int, batch: int, lengths: dict[str, int], seed: int = 0) -> dict:
+    """Random token batch (ids >= 2, so no padding) with every target token weighted."""
+    rng = np.random.default_rng(seed)
+    tokens = lambda n: rng.integers(2, vocab, (batch, n), dtype=np.int32)  # noqa: E731
+    if family == "decoder_only":
+        ids = tokens(lengths["seq"])
+        return {"decoder_input_tokens": ids, "decoder_target_tokens": np.roll(ids, -1, axis=1),
+                "decoder_loss_weights": np.ones_like(ids, np.float32)}
+    targets = tokens(lengths["targets"])
+    dec_in = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], axis=1)
+    return {"encoder_input_tokens": tokens(lengths["inputs"]), "decoder_input_tokens": dec_in,
+            "decoder_target_tokens": targets, "decoder_loss_weights": np.ones_like(targets, np.float32)}
+
+
+def peak_memory_gb() -> float | None:
+    """The device allocator's peak bytes in use (GPU / TPU), in GiB; None where not reported (CPU)."""
+    stats = jax.devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return round(stats["peak_bytes_in_use"] / 2**30, 1)
+
+
+def _is_oom(err: Exception) -> bool:
+    text = str(err)
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+def bench(*, name: str, model: Any, flops_fn: Callable[[Any], float], batch: dict[str, np.ndarray],
+          tokens_per_step: int, optimizer: str = "adamw", learning_rate: float = 1e-4, steps: int = 10,
+          warmup: int = 3, num_devices: int = 1, extra: dict | None = None) -> dict[str, Any]:
+    """Time `steps` train steps after `warmup` untimed ones; the result row in the peer's format."""
+    devices = jax.devices()[:num_devices]
+    mesh = partitioning.create_mesh(partitioning.MeshConfig(ici_data=1, ici_fsdp=-1), devices=devices)
+    rules = partitioning.DEFAULT_RULES
+    opt = optimizers.make_optimizer(name=optimizer, learning_rate=learning_rate)
+    shapes = {k: v.shape for k, v in batch.items() if k.endswith("input_tokens")}
+    row: dict[str, Any] = dict(peer=f"{IMPL}-{optimizer}", config=name, jax=jax.__version__,
+                               device=devices[0].device_kind, num_devices=len(devices), **(extra or {}))
+    try:
+        abstract = train_state.abstract_train_state(model=model, optimizer=opt, input_shapes=shapes, mesh=mesh,
+                                                    rules=rules)
+        flops = flops_fn(abstract.params)
+        state, shardings = train_state.create_train_state(model=model, optimizer=opt, rng=jax.random.PRNGKey(0),
+                                                          input_shapes=shapes, mesh=mesh, rules=rules)
+        batch_sh = partitioning.batch_sharding(mesh)
+        step = train_state.make_train_step(model=model, optimizer=opt, state_shardings=shardings,
+                                           batch_shardings=batch_sh, mesh=mesh, rules=rules,
+                                           dropout=model.config.dropout_rate > 0)
+        device_batch = partitioning.make_global_batch(batch, mesh)
+        start = time.perf_counter()
+        state, out = step(state, device_batch)
+        jax.block_until_ready(out)
+        row["compile_s"] = round(time.perf_counter() - start, 2)
+        for _ in range(max(warmup - 1, 0)):
+            state, out = step(state, device_batch)
+        jax.block_until_ready((state, out))
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, out = step(state, device_batch)
+        jax.block_until_ready((state, out))
+        dt = (time.perf_counter() - start) / steps
+    except Exception as err:  # noqa: BLE001 -- an OOM is a result (t5-large bs32); anything else re-raises
+        if not _is_oom(err):
+            raise
+        row.update(error="out of memory", detail=str(err).splitlines()[0][:300], max_mem_gb=peak_memory_gb())
+        return row
+    peak = metrics.peak_flops_per_device(devices[0].device_kind)
+    row.update(step_s=round(dt, 4), tokens_per_s=round(tokens_per_step / dt), tflops=round(flops / dt / 1e12, 1),
+               mfu=None if peak is None else round(flops / dt / (peak * len(devices)), 3),
+               max_mem_gb=peak_memory_gb(), flops_per_step=flops,
+               params=count_params(abstract.params)[0])
+    del state
+    return row
+
+
+def run_decoder(args: argparse.Namespace) -> dict[str, Any]:
+    shape = decoder_shape(args.tiny)
+    fields = dict(shape["fields"], dtype="bfloat16", param_dtype=args.param_dtype, remat_policy=args.remat,
+                  attention_impl=args.attention_impl, max_position_embeddings=max(shape["seq"], 2048),
+                  dropout_rate=0.0)
+    config = DecoderConfig(**fields)
+    batch = synthetic_batch("decoder_only", config.vocab_size, shape["batch"], {"seq": shape["seq"]})
+    return bench(name=shape["name"], model=DecoderOnlyModel(config),
+                 flops_fn=lambda p: decoder_flops_per_step(config, p, shape["batch"], shape["seq"]),
+                 batch=batch, tokens_per_step=shape["batch"] * shape["seq"], optimizer=args.optimizer,
+                 steps=args.steps, warmup=args.warmup, num_devices=args.num_devices, extra=_extra(args))
+
+
+def run_t5(args: argparse.Namespace, size: str) -> dict[str, Any]:
+    shape = t5_shape(size, args.tiny)
+    fields = dict(shape["fields"], dtype="bfloat16", param_dtype=args.param_dtype, remat_policy=args.remat,
+                  attention_impl=args.attention_impl, dropout_rate=args.t5_dropout)
+    config = T5Config(**fields)
+    lengths = {"inputs": shape["inputs"], "targets": shape["targets"]}
+    batch = synthetic_batch("encoder_decoder", config.vocab_size, shape["batch"], lengths)
+    return bench(name=shape["name"], model=EncoderDecoderModel(config),
+                 flops_fn=lambda p: t5_flops_per_step(config, p, shape["batch"], shape["inputs"], shape["targets"]),
+                 batch=batch, tokens_per_step=shape["batch"] * (shape["inputs"] + shape["targets"]),
+                 optimizer=args.optimizer, steps=args.steps, warmup=args.warmup, num_devices=args.num_devices,
+                 extra=_extra(args))
+
+
+def _extra(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(remat=args.remat, attention_impl=args.attention_impl or "default", param_dtype=args.param_dtype)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A fixed-width table of result rows (ours or the peer's)."""
+    head = f"{'config':34s} {'impl':28s} {'step s':>8s} {'tokens/s':>10s} {'TFLOP/s':>8s} {'MFU':>6s} {'mem GB':>7s}"
+    lines = [head]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['config']:34s} {r['peer']:28s} {r['error']}")
+            continue
+        mfu = "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
+        mem = "-" if r.get("max_mem_gb") is None else f"{r['max_mem_gb']:.1f}"
+        lines.append(f"{r['config']:34s} {r['peer']:28s} {r['step_s']:8.4f} {r['tokens_per_s']:10d} "
+                     f"{r['tflops']:8.1f} {mfu:>6s} {mem:>7s}")
+    return "\n".join(lines)
+
+
+# Targets on one H100 80GB (bf16), against the peer with torch.compile measured there 2026-11-26.
+TARGETS = {
+    "decoder-1.1B seq2048 bs8": dict(min_mfu=0.55, min_speedup=1.3),
+    "t5-base(flan) in1024 out64 bs32": dict(min_speedup=2.0),
+    "t5-large(flan) in1024 out64 bs32": dict(must_run=True),
+}
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """Result rows of a JSON-lines file; other lines (logs) are skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return [r for r in rows if "config" in r]
+
+
+def compare_table(peer_rows: list[dict[str, Any]], our_rows: list[dict[str, Any]]) -> str:
+    """Ours vs the peer per config (joined by name; the last row of each wins), with the targets."""
+    peer = {r["config"]: r for r in peer_rows if "tokens_per_s" in r}
+    lines = [f"{'config':44s} {'ours tok/s':>11s} {'ours MFU':>8s} {'peer tok/s':>11s} {'peer MFU':>8s} "
+             f"{'speed-up':>8s} {'mem GB':>7s}  target"]
+    for r in our_rows:
+        p, goal = peer.get(r["config"]), TARGETS.get(r["config"], {})
+        variant = [f"{k}={r[k]}" for k, default in (("attention_impl", "default"), ("remat", "none"))
+                   if r.get(k, default) != default]
+        name = r["config"] + (f" [{', '.join(variant)}]" if variant else "")
+        if "tokens_per_s" not in r:
+            lines.append(f"{name:44s} {r.get('error', 'no result'):>11s}" + ("  MISS: must train" if goal else ""))
+            continue
+        pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+        speedup = None if p is None else r["tokens_per_s"] / p["tokens_per_s"]
+        checks = []
+        if "min_mfu" in goal:
+            ok = r.get("mfu") is not None and r["mfu"] >= goal["min_mfu"]
+            checks.append(f"MFU>={100 * goal['min_mfu']:.0f}% {'ok' if ok else 'MISS'}")
+        if "min_speedup" in goal:
+            ok = speedup is not None and speedup >= goal["min_speedup"]
+            checks.append(f">={goal['min_speedup']}x peer {'ok' if ok else 'MISS'}")
+        if goal.get("must_run"):
+            checks.append("trains ok")
+        lines.append(f"{name:44s} {r['tokens_per_s']:11d} {pct(r.get('mfu')):>8s} "
+                     f"{'-' if p is None else p['tokens_per_s']:>11} {pct(None if p is None else p.get('mfu')):>8s} "
+                     f"{'-' if speedup is None else f'{speedup:.2f}x':>8s} "
+                     f"{'-' if r.get('max_mem_gb') is None else r['max_mem_gb']:>7}  {', '.join(checks)}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=("decoder", "t5-base", "t5-large"), default=None)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps, the compiling one included")
+    p.add_argument("--tiny", action="store_true", help="the peer's tiny shapes (CPU, tests)")
+    p.add_argument("--remat", choices=("none", "minimal", "full"), default="none")
+    p.add_argument("--attention_impl", choices=("cudnn", "xla"), default=None,
+                   help="jax.nn.dot_product_attention implementation (default: XLA picks)")
+    p.add_argument("--optimizer", choices=optimizers.OPTIMIZERS, default="adamw")
+    p.add_argument("--param_dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="master weights (the peer keeps bf16 weights and AdamW state)")
+    p.add_argument("--t5_dropout", type=float, default=0.1, help="T5 dropout (the peer trains HF T5 at 0.1)")
+    p.add_argument("--num_devices", type=int, default=1, help="local devices (batch split over them, FSDP)")
+    p.add_argument("--json_out", default=None, help="also append the JSON lines to this file")
+    p.add_argument("--compare", nargs=2, metavar=("PEER_JSONL", "OURS_JSONL"), default=None,
+                   help="only print the ours-vs-peer table of two earlier outputs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.compare:
+        for path in args.compare:
+            if not os.path.exists(path):
+                raise SystemExit(f"--compare: {path} does not exist")
+        print(compare_table(read_jsonl(args.compare[0]), read_jsonl(args.compare[1])))
+        return 0
+    if args.steps < 1:
+        raise SystemExit(f"--steps={args.steps}: must be >= 1")
+    if args.num_devices < 1 or args.num_devices > jax.device_count():
+        raise SystemExit(f"--num_devices={args.num_devices}: this host has {jax.device_count()} devices")
+    runs = {"decoder": run_decoder, "t5-base": lambda a: run_t5(a, "base"), "t5-large": lambda a: run_t5(a, "large")}
+    if args.tiny:
+        runs.pop("t5-large")
+    rows = []
+    for key, fn in runs.items():
+        if args.only not in (None, key):
+            continue
+        row = fn(args)
+        rows.append(row)
+        line = json.dumps(row)
+        print(line, flush=True)
+        if args.json_out:
+            with open(args.json_out, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        jax.clear_caches()
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
