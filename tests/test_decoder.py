@@ -10,6 +10,7 @@ import pytest
 
 from symbol_tuning.models.decoder import DecoderConfig
 from symbol_tuning.models.decoder_model import DecoderOnlyModel, model_from_config
+from symbol_tuning.models.layers import resolve_attention_impl
 
 TINY = DecoderConfig.preset("tiny", dtype="float32", vocab_size=64, d_model=32, head_dim=8, d_ff=48)
 PALM = TINY.replace(parallel_block=True, num_kv_heads=1, tie_word_embeddings=True)
@@ -233,3 +234,41 @@ def test_config_round_trips_and_rejects_bad_values():
         DecoderConfig.from_dict({**TINY.to_dict(), "colour": 1})
     with pytest.raises(ValueError, match="unknown decoder preset 'gpt5'"):
         DecoderConfig.preset("gpt5")
+    with pytest.raises(ValueError, match="attention_impl 'flash'"):
+        TINY.replace(attention_impl="flash")
+
+
+@pytest.mark.parametrize("config", [TINY, PALM], ids=["llama", "palm"])
+def test_unmasked_causal_path_equals_explicit_causal_mask(config):
+    """Training without packing passes no mask (is_causal), so cuDNN's fused kernel can run on GPU; it
+    must compute exactly what the materialised lower-triangular mask computes."""
+    params = init(config)
+    tokens = jnp.asarray(TOKENS)
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    causal = jnp.tril(jnp.ones((tokens.shape[1],) * 2, bool))[None, None]
+    module = model_for(config).module
+    fast, _ = module.apply({"params": params}, tokens, positions, None)
+    explicit, _ = module.apply({"params": params}, tokens, positions, jnp.broadcast_to(causal, (2, 1, 8, 8)))
+    np.testing.assert_allclose(np.asarray(fast), np.asarray(explicit), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="KV cache needs an explicit mask"):
+        cache = model_for(config)._empty_cache(2, 8)
+        module.apply({"params": params}, tokens, positions, None, cache=cache, cache_index=0)
+
+
+def test_auto_attention_picks_cudnn_only_for_half_precision_training_shapes_on_gpu():
+    pick = functools.partial(resolve_attention_impl, None, head_dim=64, has_mask=False)
+    assert pick(dtype=jnp.bfloat16, backend="gpu") == "cudnn"
+    assert pick(dtype=jnp.float16, backend="gpu") == "cudnn"
+    assert pick(dtype=jnp.float32, backend="gpu") == "xla"
+    assert pick(dtype=jnp.bfloat16, backend="cpu") == "xla"
+    assert pick(dtype=jnp.bfloat16, backend="tpu") == "xla"
+    masked = functools.partial(resolve_attention_impl, "auto", dtype=jnp.bfloat16, head_dim=64, has_mask=True,
+                               backend="gpu")
+    assert masked(query_len=2048, key_len=2048) == "cudnn"  # packed rows, T5 self-attention with its bias
+    assert masked(query_len=64, key_len=1024) == "xla"  # T5 cross-attention, a prompt against its cache
+    assert masked(query_len=1, key_len=2048) == "xla"  # one decoding step against a cache
+    assert masked(query_len=1023, key_len=1023) == "xla"  # odd lengths: no biased cuDNN kernel
+    assert resolve_attention_impl(None, dtype=jnp.bfloat16, head_dim=12, has_mask=False, backend="gpu") == "xla"
+    assert resolve_attention_impl("cudnn", dtype=jnp.float32, head_dim=12, has_mask=True) == "cudnn"
+    with pytest.raises(ValueError, match="attention_impl 'flash'"):
+        resolve_attention_impl("flash", dtype=jnp.bfloat16, head_dim=64, has_mask=False)

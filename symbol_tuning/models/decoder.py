@@ -16,7 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from symbol_tuning.models.layers import DenseGeneral, Embed, GatedMLP, RMSNorm, attention, constrain
+from symbol_tuning.models.layers import (ATTENTION_IMPLS, DenseGeneral, Embed, GatedMLP, RMSNorm, attention,
+                                         constrain)
 
 HF_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_new", "gelu_new": "gelu_new"}
 HF_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -58,6 +59,8 @@ class DecoderConfig:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"DecoderConfig: num_heads {self.num_heads} is not a multiple of "
                              f"num_kv_heads {self.num_kv_heads}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"DecoderConfig: attention_impl {self.attention_impl!r} not in {ATTENTION_IMPLS}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"DecoderConfig: remat_policy {self.remat_policy!r} not in {sorted(REMAT_POLICIES)}")
         if self.rope_scaling is not None:
@@ -249,8 +252,10 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), cache_index, axis=1)
             new_cache = (k, v)
-        out = attention(q, k.astype(dtype), v.astype(dtype), mask=mask, scale=cfg.head_dim ** -0.5,
-                        implementation=cfg.attention_impl)
+        if mask is None and cache is not None:
+            raise ValueError("Attention: a KV cache needs an explicit mask covering the whole cache")
+        out = attention(q, k.astype(dtype), v.astype(dtype), mask=mask, causal=mask is None,
+                        scale=cfg.head_dim ** -0.5, implementation=cfg.attention_impl)
         out = constrain(out, ("batch", "length", "heads", "kv"))
         return dense(cfg.d_model, ("heads", "kv", "embed"), "out", in_axes=2)(out), new_cache
 
@@ -285,6 +290,8 @@ class Block(nn.Module):
 class DecoderLM(nn.Module):
     """Token ids -> float32 logits, optionally reading/writing a stacked per-layer KV cache.
 
+    mask: boolean [B, 1, T, S], or None for plain causal self-attention over the T tokens (no mask is
+    materialised, so the fused cuDNN kernel can run on GPU).
     cache: (k, v) each [num_layers, B, S, num_kv_heads, head_dim]; new keys are written at cache_index
     and `mask` [B, 1, T, S] must cover the whole cache. With logit_positions [B] only that position's
     logits are computed ([B, 1, V]). Returns (logits, new cache or None).

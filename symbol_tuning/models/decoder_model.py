@@ -61,9 +61,11 @@ class DecoderOnlyModel(BaseModel):
         prefix = None
         if self.config.bidirectional_prefix:
             prefix = jnp.asarray(batch["decoder_causal_attention"])
-        ones = jnp.ones(tokens.shape, bool)
-        mask = make_attention_mask(ones, ones, causal=True, query_segment_ids=segments, key_segment_ids=segments,
-                                   causal_prefix=prefix)
+        mask = None  # plain causal: no [B, 1, T, T] mask is built, so the fused kernel can run
+        if segments is not None or prefix is not None:
+            ones = jnp.ones(tokens.shape, bool)
+            mask = make_attention_mask(ones, ones, causal=True, query_segment_ids=segments,
+                                       key_segment_ids=segments, causal_prefix=prefix)
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
         logits, _ = self.module.apply({"params": params}, tokens, jnp.asarray(positions), mask,
                                       deterministic=dropout_rng is None, rngs=rngs)

@@ -6,7 +6,7 @@ default in configs); normalisation statistics and softmax are always computed in
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -126,18 +126,47 @@ class GatedMLP(nn.Module):
         return dense(x.shape[-1], ("mlp", "embed"), "wo")(h)
 
 
+ATTENTION_IMPLS = (None, "auto", "xla", "cudnn")
+
+
+def resolve_attention_impl(implementation: str | None, *, dtype: Any, head_dim: int, has_mask: bool,
+                           query_len: int = 0, key_len: int = 0, backend: str | None = None) -> str:
+    """The kernel `attention` uses: "xla" or "cudnn"; None / "auto" picks.
+
+    Auto picks cuDNN's fused (flash) kernel on a GPU for bf16/fp16 compute with head_dim a multiple of 8
+    up to 128: always for unmasked (plain or causal) attention; with a mask or bias (packing, padding,
+    T5's relative-position bias, whose gradient cuDNN returns) for self-attention over an even length of
+    at least 16 tokens, where XLA would keep [B, N, T, T] probabilities per layer. Everything else
+    (cross-attention, KV-cache steps, odd lengths, float32, CPU/TPU) takes the XLA path.
+    """
+    if implementation not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl {implementation!r} not in {ATTENTION_IMPLS}")
+    if implementation in ("xla", "cudnn"):
+        return implementation
+    backend = backend or jax.default_backend()
+    fused_ok = (backend in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+                and head_dim % 8 == 0 and head_dim <= 128)
+    if has_mask:
+        fused_ok = fused_ok and query_len == key_len and query_len >= 16 and query_len % 2 == 0
+    return "cudnn" if fused_ok else "xla"
+
+
 def attention(query: jax.Array, key: jax.Array, value: jax.Array, *, bias: jax.Array | None = None,
-              mask: jax.Array | None = None, scale: float | None = None,
+              mask: jax.Array | None = None, causal: bool = False, scale: float | None = None,
               implementation: str | None = None) -> jax.Array:
     """Scaled dot-product attention in [batch, length, heads, head_dim] layout via
-    `jax.nn.dot_product_attention` (fused cuDNN kernels on GPU when the inputs allow).
+    `jax.nn.dot_product_attention`.
 
     key/value may have fewer heads than query (grouped-query / multi-query attention). `bias` is added
-    to the logits ([B or 1, N, T, S]); `mask` is boolean ([B or 1, 1 or N, T, S], True = attend).
-    Softmax is computed in float32.
+    to the logits ([B or 1, N, T, S]); `mask` is boolean ([B or 1, 1 or N, T, S], True = attend);
+    `causal` adds a lower-triangular mask without materialising one. The kernel is picked by
+    `resolve_attention_impl`. Softmax is computed in float32.
     """
-    return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=scale,
-                                        implementation=implementation)
+    impl = resolve_attention_impl(implementation, dtype=query.dtype, head_dim=query.shape[-1],
+                                  has_mask=mask is not None or bias is not None, query_len=query.shape[1],
+                                  key_len=key.shape[1])
+    return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, is_causal=causal, scale=scale,
+                                        implementation=impl)
 
 
 def make_attention_mask(query_ok: jax.Array, key_ok: jax.Array, *, causal: bool = False,

@@ -18,7 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from symbol_tuning.models.layers import DenseGeneral, Embed, GatedMLP, RMSNorm, attention, constrain
+from symbol_tuning.models.layers import (ATTENTION_IMPLS, DenseGeneral, Embed, GatedMLP, RMSNorm, attention,
+                                         constrain)
 
 REMAT_POLICIES = {
     "none": None,
@@ -56,6 +57,8 @@ class T5Config:
     eos_id: int = 1
 
     def __post_init__(self):
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"T5Config: attention_impl {self.attention_impl!r} not in {ATTENTION_IMPLS}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"T5Config: remat_policy {self.remat_policy!r} not in {sorted(REMAT_POLICIES)}")
         if self.dense_act not in ("gelu_new", "gelu", "silu", "relu"):
