@@ -96,11 +96,12 @@ if [[ "$TINY" == 1 ]]; then
   step ours 120 "$PY" "${TT[@]}"
   step peer 90 bash -c "$PY $PEER_PY ${PEER_ARGS[*]} | tee -a '$OUT/peer.jsonl'"
 else
-  step ours_decoder 110 "$PY" "${TT[@]}" --only decoder
+  step ours_decoder 100 "$PY" "${TT[@]}" --only decoder
   step peer_decoder 120 bash -c "$PY $PEER_PY ${PEER_ARGS[*]} --only decoder | tee -a '$OUT/peer.jsonl'"
-  step ours_t5_base 90 "$PY" "${TT[@]}" --only t5-base
-  step peer_t5_base 100 bash -c "$PY $PEER_PY ${PEER_ARGS[*]} --only t5-base | tee -a '$OUT/peer.jsonl'"
-  step ours_t5_large 110 "$PY" "${TT[@]}" --only t5-large
+  step ours_t5_base 80 "$PY" "${TT[@]}" --only t5-base
+  step peer_t5_base 150 bash -c "$PY $PEER_PY ${PEER_ARGS[*]} --only t5-base | tee -a '$OUT/peer.jsonl'"
+  # batch 32 needs remat on 80 GB: without it the step wants 86 GB (cuDNN attention) or 149 GB (XLA's).
+  step ours_t5_large 90 "$PY" "${TT[@]}" --only t5-large --remat full
   if [[ "${GPU_CHECK_PEER_LARGE:-0}" == 1 ]]; then
     step peer_t5_large 120 bash -c "$PY $PEER_PY ${PEER_ARGS[*]} --only t5-large | tee -a '$OUT/peer.jsonl'"
   fi
@@ -109,17 +110,22 @@ fi
 TRAINER_CONFIG="decoder-1.1B seq2048 bs8"
 [[ "$TINY" == 1 ]] && TRAINER_CONFIG="llama-tiny"
 if grep -q "\"$TRAINER_CONFIG\".*tokens_per_s" "$OUT/ours.jsonl" 2>/dev/null; then
-  step data_vs_trainer 60 "$PY" benchmarks/data_vs_trainer.py "${DATA[@]}" --trainer_json "$OUT/ours.jsonl" \
+  step data_vs_trainer 45 "$PY" benchmarks/data_vs_trainer.py "${DATA[@]}" --trainer_json "$OUT/ours.jsonl" \
     --trainer_config "$TRAINER_CONFIG"
 else
   SUMMARY+=("data_vs_trainer: skipped (no trainer rate for $TRAINER_CONFIG)")
 fi
 if [[ "$TINY" == 1 ]]; then
+  step attention_parity 90 "$PY" benchmarks/attention_parity.py --seq 32
   step scoring 90 "$PY" benchmarks/scoring.py "${SCORE[@]}"
 else
-  step scoring_t5 80 "$PY" benchmarks/scoring.py --family encoder_decoder --preset flan_t5_base "${SCORE[@]}"
-  step scoring_decoder 80 "$PY" benchmarks/scoring.py --family decoder_only --preset decoder_1b "${SCORE[@]}"
-  step ours_decoder_cudnn 100 "$PY" "${TT[@]}" --only decoder --attention_impl cudnn
+  step attention_parity 100 "$PY" benchmarks/attention_parity.py --seq 128
+  step scoring_decoder 60 "$PY" benchmarks/scoring.py --family decoder_only --preset decoder_1b "${SCORE[@]}"
+  step scoring_t5 60 "$PY" benchmarks/scoring.py --family encoder_decoder --preset flan_t5_base "${SCORE[@]}"
+  # Variants, as the budget allows: real (packed) rows, the peer's bf16 weights, T5-large's lighter remat.
+  step ours_decoder_packed 60 "$PY" "${TT[@]}" --only decoder --packed 4
+  step ours_decoder_bf16_params 60 "$PY" "${TT[@]}" --only decoder --param_dtype bfloat16
+  step ours_t5_large_remat_minimal 80 "$PY" "${TT[@]}" --only t5-large --remat minimal
 fi
 
 echo

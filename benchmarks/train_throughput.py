@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py [--only decoder|t5-base|t5-large] [--steps 10] [--warmup 3]
         [--tiny] [--remat none|minimal|full] [--attention_impl cudnn|xla] [--optimizer adamw|adafactor]
-        [--param_dtype float32|bfloat16] [--json_out FILE]
+        [--param_dtype float32|bfloat16] [--packed N] [--json_out FILE]
 
 Shapes are those of /work/shared/bench/peer_hf_torch.py (same config names, so the two outputs join):
 decoder-1.1B (preset decoder_1b) at sequence 2048, batch 8; Flan-T5-base and -large shapes at inputs
@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from typing import Any, Callable
 
 import jax
@@ -86,14 +87,24 @@ def t5_flops_per_step(config: T5Config, abstract_params: Any, batch: int, inputs
     return float(flops)
 
 
-def synthetic_batch(family: str, vocab: int, batch: int, lengths: dict[str, int], seed: int = 0) -> dict:
-    """Random token batch (ids >= 2, so no padding) with every target token weighted."""
+def synthetic_batch(family: str, vocab: int, batch: int, lengths: dict[str, int], seed: int = 0,
+                    packed_segments: int = 0) -> dict:
+    """Random token batch (ids >= 2, so no padding) with every target token weighted.
+
+    packed_segments > 0 (decoder only) packs that many equal examples per row, with segment ids and
+    restarting positions, as the packed training pipeline does (attention then needs a mask)."""
     rng = np.random.default_rng(seed)
     tokens = lambda n: rng.integers(2, vocab, (batch, n), dtype=np.int32)  # noqa: E731
     if family == "decoder_only":
         ids = tokens(lengths["seq"])
-        return {"decoder_input_tokens": ids, "decoder_target_tokens": np.roll(ids, -1, axis=1),
-                "decoder_loss_weights": np.ones_like(ids, np.float32)}
+        out = {"decoder_input_tokens": ids, "decoder_target_tokens": np.roll(ids, -1, axis=1),
+               "decoder_loss_weights": np.ones_like(ids, np.float32)}
+        if packed_segments:
+            seg_len = -(-lengths["seq"] // packed_segments)
+            index = np.arange(lengths["seq"])
+            out["decoder_segment_ids"] = np.broadcast_to(index // seg_len + 1, ids.shape).astype(np.int32)
+            out["decoder_positions"] = np.broadcast_to(index % seg_len, ids.shape).astype(np.int32)
+        return out
     targets = tokens(lengths["targets"])
     dec_in = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], axis=1)
     return {"encoder_input_tokens": tokens(lengths["inputs"]), "decoder_input_tokens": dec_in,
@@ -147,10 +158,13 @@ def bench(*, name: str, model: Any, flops_fn: Callable[[Any], float], batch: dic
             state, out = step(state, device_batch)
         jax.block_until_ready((state, out))
         dt = (time.perf_counter() - start) / steps
-    except Exception as err:  # noqa: BLE001 -- an OOM is a result (t5-large bs32); anything else re-raises
-        if not _is_oom(err):
-            raise
-        row.update(error="out of memory", detail=str(err).splitlines()[0][:300], max_mem_gb=peak_memory_gb())
+    except Exception as err:  # noqa: BLE001 -- a failed config is a result row (OOM for t5-large bs32)
+        first_line = (str(err).splitlines() or [""])[0][:300]
+        if _is_oom(err):
+            row.update(error="out of memory", detail=first_line, max_mem_gb=peak_memory_gb())
+        else:
+            traceback.print_exc()
+            row.update(error=f"failed: {type(err).__name__}", detail=first_line)
         return row
     peak = metrics.peak_flops_per_device(devices[0].device_kind)
     row.update(step_s=round(dt, 4), tokens_per_s=round(tokens_per_step / dt), tflops=round(flops / dt / 1e12, 1),
@@ -167,7 +181,8 @@ def run_decoder(args: argparse.Namespace) -> dict[str, Any]:
                   attention_impl=args.attention_impl, max_position_embeddings=max(shape["seq"], 2048),
                   dropout_rate=0.0)
     config = DecoderConfig(**fields)
-    batch = synthetic_batch("decoder_only", config.vocab_size, shape["batch"], {"seq": shape["seq"]})
+    batch = synthetic_batch("decoder_only", config.vocab_size, shape["batch"], {"seq": shape["seq"]},
+                            packed_segments=args.packed)
     return bench(name=shape["name"], model=DecoderOnlyModel(config),
                  flops_fn=lambda p: decoder_flops_per_step(config, p, shape["batch"], shape["seq"]),
                  batch=batch, tokens_per_step=shape["batch"] * shape["seq"], optimizer=args.optimizer,
@@ -189,7 +204,8 @@ def run_t5(args: argparse.Namespace, size: str) -> dict[str, Any]:
 
 
 def _extra(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(remat=args.remat, attention_impl=args.attention_impl or "default", param_dtype=args.param_dtype)
+    return dict(remat=args.remat, attention_impl=args.attention_impl or "default", param_dtype=args.param_dtype,
+                packed=args.packed)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -236,9 +252,12 @@ def compare_table(peer_rows: list[dict[str, Any]], our_rows: list[dict[str, Any]
              f"{'speed-up':>8s} {'mem GB':>7s}  target"]
     for r in our_rows:
         p, goal = peer.get(r["config"]), TARGETS.get(r["config"], {})
-        variant = [f"{k}={r[k]}" for k, default in (("attention_impl", "default"), ("remat", "none"))
+        variant = [f"{k}={r[k]}" for k, default in (("attention_impl", "default"), ("remat", "none"),
+                                                     ("param_dtype", "float32"), ("packed", 0))
                    if r.get(k, default) != default]
         name = r["config"] + (f" [{', '.join(variant)}]" if variant else "")
+        # targets are for the default settings; remat only trades speed for memory, so it keeps them
+        goal = {} if any(not v.startswith("remat=") for v in variant) else goal
         if "tokens_per_s" not in r:
             lines.append(f"{name:44s} {r.get('error', 'no result'):>11s}" + ("  MISS: must train" if goal else ""))
             continue
@@ -268,11 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="the peer's tiny shapes (CPU, tests)")
     p.add_argument("--remat", choices=("none", "minimal", "full"), default="none")
     p.add_argument("--attention_impl", choices=("cudnn", "xla"), default=None,
-                   help="jax.nn.dot_product_attention implementation (default: XLA picks)")
+                   help="force a jax.nn.dot_product_attention kernel (default: layers.resolve_attention_impl "
+                        "picks cuDNN for unmasked bf16 attention on GPU, XLA otherwise)")
     p.add_argument("--optimizer", choices=optimizers.OPTIMIZERS, default="adamw")
     p.add_argument("--param_dtype", choices=("float32", "bfloat16"), default="float32",
                    help="master weights (the peer keeps bf16 weights and AdamW state)")
     p.add_argument("--t5_dropout", type=float, default=0.1, help="T5 dropout (the peer trains HF T5 at 0.1)")
+    p.add_argument("--packed", type=int, default=0, metavar="N",
+                   help="decoder: pack N examples per row (segment ids + restarting positions)")
     p.add_argument("--num_devices", type=int, default=1, help="local devices (batch split over them, FSDP)")
     p.add_argument("--json_out", default=None, help="also append the JSON lines to this file")
     p.add_argument("--compare", nargs=2, metavar=("PEER_JSONL", "OURS_JSONL"), default=None,
@@ -308,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(line + "\n")
         jax.clear_caches()
     print(format_table(rows))
-    return 0
+    return 1 if any("error" in r and r["error"] != "out of memory" for r in rows) else 0
 
 
 if __name__ == "__main__":

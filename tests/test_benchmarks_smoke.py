@@ -97,6 +97,30 @@ def test_compare_table_shows_speedup_and_flags_missed_targets(tmp_path):
     assert "out of memory" in large_line and "MISS" in large_line
 
 
+def test_compare_table_holds_variants_to_no_target_but_remat_rows_to_theirs(tmp_path):
+    tt = _load("train_throughput")
+    dec, large = "decoder-1.1B seq2048 bs8", "t5-large(flan) in1024 out64 bs32"
+    peer = [{"peer": "hf", "config": dec, "tokens_per_s": 40000, "mfu": 0.3}]
+    ours = [{"peer": "jax", "config": dec, "tokens_per_s": 30000, "mfu": 0.2, "packed": 4},
+            {"peer": "jax", "config": large, "tokens_per_s": 88000, "mfu": 0.2, "remat": "full"}]
+    table = tt.compare_table(peer, ours)
+    packed_line = next(line for line in table.splitlines() if line.startswith(dec))
+    assert "[packed=4]" in packed_line and "0.75x" in packed_line and "MISS" not in packed_line
+    large_line = next(line for line in table.splitlines() if line.startswith(large))
+    assert "[remat=full]" in large_line and "trains ok" in large_line
+
+
+def test_attention_parity_checks_t5_bias_gradients_and_finds_no_mismatch(capsys):
+    ap = _load("attention_parity")
+    assert ap.main(["--seq", "32", "--cases", "t5"]) == 0
+    rows = _json_lines(capsys.readouterr().out)
+    assert [r["case"] for r in rows] == ["t5 padded inputs"]
+    # on the CPU auto is XLA: bf16 against float32 is plain bf16 rounding, neither 0 nor near 1
+    assert rows[0]["ok"] and 1e-4 < rows[0]["bf16_auto_grads_err"] < 5e-2
+    with pytest.raises(SystemExit, match="unknown \\['moe'\\]"):
+        ap.main(["--cases", "t5,moe"])
+
+
 def test_memory_and_compile_tiny_splits_state_evenly_and_prints_compile_table(capsys):
     mc = _load("memory_and_compile")
     assert mc.main(["--tiny", "--skip_fsdp", "--unscanned_depths", ""]) == 0
