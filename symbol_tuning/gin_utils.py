@@ -13,9 +13,26 @@ import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
 import gin
+import gin.resource_reader
 
 GIN_MACRO_PREFIX = "--gin."
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+
+
+def _package_path_exists(path: str) -> bool:
+    """gin's package-resource existence check, made total: a folder such as ./runs (the demo's default
+    output) is importable as a namespace package without a file origin, and gin's own check then raises
+    TypeError for `include 'runs/symbol_tune.gin'` instead of moving on to the search paths."""
+    try:
+        return gin.resource_reader.system_path_file_exists(path)
+    except (TypeError, ValueError, ImportError):
+        return False
+
+
+def _install_safe_package_reader() -> None:
+    readers = gin.config._FILE_READERS  # noqa: SLF001 -- gin exposes no way to replace a registered reader
+    readers[:] = [(read, _package_path_exists if exists is gin.resource_reader.system_path_file_exists else exists)
+                  for read, exists in readers]
 
 
 class GinConfigError(ValueError):
@@ -89,6 +106,7 @@ def parse_gin(*, gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()
         if not os.path.isdir(p):
             raise GinConfigError(f"--gin_search_paths: {p} is not a folder")
     paths += [p for p in default_search_paths() if p not in paths]
+    _install_safe_package_reader()
     gin.clear_config()
     for p in paths:
         gin.add_config_file_search_path(p)

@@ -151,6 +151,16 @@ def test_540b_run_overrides_learning_rate_and_steps():
     assert _query("train.batch_size") == 32
 
 
+def test_run_includes_resolve_with_a_runs_folder_in_the_working_directory(tmp_path, monkeypatch):
+    """./runs (the demo's default output) is importable as a namespace package; gin's package reader
+    must not crash on `include 'runs/symbol_tune.gin'` because of it."""
+    (tmp_path / "runs" / "demo-1").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _bind(["models/palm_540b.gin", "runs/symbol_tune_540b.gin", "mixtures/symbol_rate_100.gin"], REQUIRED)
+    assert _query("train.train_steps") == 1000
+
+
 def test_tiny_cpu_run_binds_with_a_topology_after_it():
     _bind(["models/tiny_t5.gin", "runs/tiny_cpu.gin", "topologies/cpu_8.gin", "mixtures/embedded_symbol_50.gin"],
           REQUIRED[:1])
