@@ -20,6 +20,14 @@ Shapes come from `jax.eval_shape` and layouts from the run's logical axis rules 
   S = inputs; decoder-only: T = S = inputs + targets (prefix LM rows). Scan or not, all layers count.
   Backward adds one layer's float32 score gradients b*(H/tp)*T*S*8, and T5's shared relative position
   bias 3*(H/tp)*T*T*4 per stack (the gathered table, its transpose and its gradient).
+  On GPU topologies, self-attention that `models.layers.resolve_attention_impl` sends to cuDNN's fused
+  kernel keeps no scores: instead its mask and bias as one bf16 bias b*hb*T*S*s (hb = H/tp for T5's
+  per-head relative-position bias, 1 for a decoder's mask) and a float32 log-sum-exp b*(H/tp)*T*4,
+  and backward adds one bias gradient of that shape. Checked against one H100 80GB (AdamW, bf16,
+  benchmarks/README.md): Flan-T5-large batch 32 in 1024 / out 64 plans 71.5 GiB vs 86 GB measured
+  without remat, 17.2 vs 16.1 with remat full; Flan-T5-base 26.9 vs 30.2; the 1.1B decoder without
+  remat 43.7 vs 64.3 (XLA keeps float32 norm / activation intermediates the formula does not count), so
+  without remat leave more headroom than the default.
 - total vs the chip's HBM less `headroom` (default 10%) for XLA's buffers and fragmentation.
 
 On simulated CPU devices (and any local devices of the topology's kind and number) the train step is
@@ -43,6 +51,7 @@ import jax.numpy as jnp
 from jax.sharding import AbstractMesh, NamedSharding
 
 from symbol_tuning import gin_utils, optimizers, partitioning, train_state
+from symbol_tuning.models.layers import resolve_attention_impl
 from symbol_tuning.topologies import GiB, Topology
 
 ALT_OPTIMIZER = {"adafactor": "adamw", "adamw": "adafactor"}
@@ -110,15 +119,30 @@ def _shape_facts(config: Any) -> dict[str, Any]:
 
 
 def activation_bytes(*, config: Any, family: str, rows: int, feature_lengths: Mapping[str, int],
-                     tensor: int) -> int:
-    """Per-device activation estimate (see the module docstring for the formula) for `rows` rows."""
+                     tensor: int, backend: str = "tpu") -> int:
+    """Per-device activation estimate (see the module docstring for the formula) for `rows` rows.
+
+    On `backend` "gpu", self-attention sublayers for which `resolve_attention_impl` picks cuDNN's fused
+    kernel keep no scores: their mask and bias reach cuDNN as one bf16 bias [b, hb, T, S] (hb = heads for
+    T5, whose relative-position bias is per head; 1 for a decoder's packing / prefix mask), kept for the
+    backward pass, which adds its gradient of the same shape; plus a float32 log-sum-exp b*(H/tp)*T.
+    """
     f = _shape_facts(config)
     s = jnp.dtype(config.dtype).itemsize
     remat = config.remat_policy
     d, tp, b = f["d"], tensor, rows
     a, k, h, ff = f["heads"] * f["head_dim"] / tp, f["kv_heads"] * f["head_dim"] / tp, f["heads"] / tp, f["d_ff"] / tp
+    bias_heads = h if family == "encoder_decoder" else 1
+
+    def fused(t: int, src: int) -> bool:
+        return resolve_attention_impl(config.attention_impl, dtype=config.dtype, head_dim=f["head_dim"],
+                                      has_mask=True, query_len=t, key_len=src, backend=backend) == "cudnn"
 
     def attn(t: int, src: int, saved: str) -> float:
+        if saved in ("minimal", "dots") and fused(t, src):  # no score matmuls to keep
+            return b * t * (d + a) * s + b * src * 2 * k * s
+        if fused(t, src):
+            return b * t * (2 * d + 2 * a) * s + b * src * 2 * k * s + b * (bias_heads * t * src * s + h * t * 4)
         if saved in ("minimal", "dots"):  # "dots" also keeps the batched score matmuls
             return b * t * (d + a) * s + b * src * 2 * k * s + (b * h * t * src * s if saved == "dots" else 0)
         return b * t * (2 * d + 2 * a) * s + b * src * 2 * k * s + b * h * t * src * (4 + s)
@@ -131,6 +155,9 @@ def activation_bytes(*, config: Any, family: str, rows: int, feature_lengths: Ma
             return b * t * d * s
         return attn(t, t, saved) + mlp(t, saved) + (attn(t, cross_src, saved) if cross_src else 0.0)
 
+    def score_grads(t: int, src: int) -> float:
+        return b * bias_heads * t * src * s if fused(t, src) else b * h * t * src * 8
+
     li, lt = int(feature_lengths["inputs"]), int(feature_lengths["targets"])
     if family == "encoder_decoder":
         stacks = [(f["enc_layers"], li, None), (f["dec_layers"], lt, li)]
@@ -140,7 +167,7 @@ def activation_bytes(*, config: Any, family: str, rows: int, feature_lengths: Ma
         logits_len = li + lt
     saved = sum(n * layer(t, src, remat) for n, t, src in stacks if n)
     recompute = 0.0 if remat == "none" else max(layer(t, src, "none") for n, t, src in stacks if n)
-    backward = max(b * h * t * max(t, src or 0) * 8 for n, t, src in stacks if n)
+    backward = max(max(score_grads(t, t), score_grads(t, src) if src else 0.0) for n, t, src in stacks if n)
     relpos = sum(3 * h * t * t * 4 for n, t, _ in stacks if n) if family == "encoder_decoder" else 0.0
     logits = 3 * b * logits_len * (f["vocab"] / tp) * 4
     return int(saved + recompute + backward + relpos + logits)
@@ -225,7 +252,8 @@ def plan(*, model: Any, topology: Topology, mesh_config: partitioning.MeshConfig
         problems.append(f"train.num_microbatches={num_microbatches} does not divide the {rows} rows per device")
     rows_mb = max(1, rows // num_microbatches)
     act_b = activation_bytes(config=model.config, family=model.family, rows=rows_mb,
-                             feature_lengths=feature_lengths, tensor=axis["tensor"])
+                             feature_lengths=feature_lengths, tensor=axis["tensor"],
+                             backend=topology.spec.platform)
     total = params_b + opt_b[optimizer_name] + grads_b + act_b
     budget = int(topology.hbm_bytes * (1 - headroom))
     counts = param_counts(abstract.params)

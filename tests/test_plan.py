@@ -84,6 +84,41 @@ def test_activation_estimate_matches_the_documented_formula_by_hand():
     assert got == int(saved + attn + mlp + backward + logits)
 
 
+def test_gpu_estimate_counts_cudnn_bias_instead_of_float32_scores_by_hand():
+    cfg = DecoderConfig.preset("tiny", dtype="bfloat16")
+    b, length = 2, 96 + 32
+    got = plan_lib.activation_bytes(config=cfg, family="decoder_only", rows=b,
+                                    feature_lengths={"inputs": 96, "targets": 32}, tensor=1, backend="gpu")
+    d, s, heads, kv, hd, ff, vocab = 64, 2, 4, 2, 16, 172, 256
+    # the packing / prefix mask reaches cuDNN as one bf16 bias [b, 1, T, T], kept and differentiated
+    attn = (b * length * (2 * d + 2 * heads * hd) * s + b * length * 2 * kv * hd * s
+            + b * (length * length * s + heads * length * 4))
+    mlp = b * length * (2 * d + 3 * ff) * s
+    backward = b * length * length * s
+    logits = 3 * b * length * vocab * 4
+    assert got == int(cfg.num_layers * (attn + mlp) + backward + logits)
+    float32 = plan_lib.activation_bytes(config=cfg.replace(dtype="float32"), family="decoder_only", rows=b,
+                                        feature_lengths={"inputs": 96, "targets": 32}, tensor=1, backend="gpu")
+    assert float32 > 2 * got  # float32 compute has no cuDNN kernel: scores are kept again
+
+
+def test_gpu_plan_for_t5_large_batch_32_tracks_the_h100_measurement():
+    """Measured on one H100 80GB (benchmarks/README.md): Flan-T5-large, inputs 1024 / targets 64, batch
+    32, AdamW, peak 86 GB without remat (cuDNN attention) and 16.1 GB with remat full."""
+    fl = {"inputs": 1024, "targets": 64}
+    def total_gib(remat, backend):
+        model = t5_model(T5Config.preset("flan_t5_large", dtype="bfloat16", remat_policy=remat))
+        p = plan_lib.plan(model=model, topology=Topology(chip="h100", num_chips=1), batch_size=32,
+                          feature_lengths=fl, mesh_config=MeshConfig(ici_data=1, ici_fsdp=-1),
+                          optimizer_name="adamw", compile_mode="never")
+        act = plan_lib.activation_bytes(config=model.config, family="encoder_decoder", rows=32, feature_lengths=fl,
+                                        tensor=1, backend=backend)
+        return (p["per_device_bytes"]["total"] - p["per_device_bytes"]["activations"] + act) / 2**30
+    assert 0.75 * 86 < total_gib("none", "gpu") < 1.1 * 86
+    assert 0.9 * 16.1 < total_gib("full", "gpu") < 1.2 * 16.1
+    assert total_gib("none", "tpu") > 1.5 * total_gib("none", "gpu")  # XLA keeps [B, H, T, T] scores
+
+
 def test_tiny_model_on_8_simulated_cpu_devices_reports_xla_memory_analysis(capsys):
     code, out, _ = _run(capsys, "--gin_file=models/tiny_t5.gin", "--gin_file=runs/tiny_cpu.gin",
                         "--gin_file=topologies/cpu_8.gin", "--gin.INPUT_LENGTH=256", "--json")
