@@ -13,7 +13,6 @@ CheckpointMismatchError naming the tensor, before arrays are read (native, Orbax
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any, Mapping
@@ -24,7 +23,7 @@ import numpy as np
 from flax import traverse_util
 
 from symbol_tuning.models.base import BaseModel
-from symbol_tuning.models.safetensors_io import CheckpointMismatchError
+from symbol_tuning.models.safetensors_io import CheckpointMismatchError, read_json_file
 
 log = logging.getLogger(__name__)
 CONFIG_FILES = ("config.json", "model_config.json")
@@ -86,17 +85,9 @@ def check_shapes(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tu
                                       f"config ({len(extra)} unexpected tensors)")
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-
-
 def config_from_file(path: str) -> Any:
     """A model config from a native-style JSON file ({"family": "encoder_decoder" | "decoder_only", "config"})."""
-    meta = _read_json(path)
+    meta = read_json_file(path)
     if not isinstance(meta, dict) or "family" not in meta or "config" not in meta:
         raise ValueError(f"{path}: a model config file needs 'family' and 'config' fields")
     if meta["family"] == "encoder_decoder":
@@ -112,7 +103,7 @@ def native_config(directory: str) -> Any | None:
     """The model config of a native-style config.json / model_config.json in `directory`, if there is one."""
     for name in CONFIG_FILES:
         path = os.path.join(directory, name)
-        if os.path.isfile(path) and "family" in _read_json(path):
+        if os.path.isfile(path) and "family" in read_json_file(path):
             return config_from_file(path)
     return None
 
@@ -207,7 +198,7 @@ def load_for_eval(path: str, *, model_config: Any = None, step: int | None = Non
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     cfg_file = os.path.join(path, "config.json")
     if os.path.isfile(cfg_file) and not checkpoint_steps(path):
-        meta = _read_json(cfg_file)
+        meta = read_json_file(cfg_file)
         if "family" in meta:
             return _load_native(path, model_config, mesh, rules)
         if "model_type" in meta:
@@ -238,7 +229,7 @@ def evaluate_all_checkpoints(model_dir: str, *, suite, vocabulary, output_dir: s
     for step in todo:
         if reporting.step_done(output_dir, step):
             log.info("step %d: results exist in %s, skipped", step, output_dir)
-            out[step] = _read_json(os.path.join(reporting.step_dir(output_dir, step), reporting.STEP_SUMMARY))
+            out[step] = read_json_file(os.path.join(reporting.step_dir(output_dir, step), reporting.STEP_SUMMARY))
             continue
         loaded = load_for_eval(model_dir, model_config=model_config, step=step, mesh=mesh, rules=rules)
         result = evaluation.evaluate(loaded.model, loaded.params, suite, vocabulary=vocabulary, settings=settings,

@@ -23,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 def import_checkpoint(hf_dir: str) -> tuple[Any, Any]:
     """(config, params) from an HF checkpoint directory, dispatched on its model_type."""
-    from symbol_tuning.models.hf_llama import read_hf_config
+    from symbol_tuning.models.safetensors_io import read_hf_config
     model_type = read_hf_config(hf_dir).get("model_type")
     if model_type not in IMPORTERS:
         raise ValueError(f"{hf_dir}/config.json: model_type {model_type!r} not supported "

@@ -48,7 +48,7 @@ from typing import Any, Mapping, Sequence
 import gin
 import jax
 import jax.numpy as jnp
-from jax.sharding import AbstractMesh, NamedSharding
+from jax.sharding import AbstractMesh
 
 from symbol_tuning import gin_utils, optimizers, partitioning, train_state
 from symbol_tuning.models.layers import resolve_attention_impl

@@ -3,29 +3,15 @@ command line win, and a missing required macro fails naming it."""
 import json
 import os
 
-import flax.linen as nn
-import jax
 import pytest
 
 from symbol_tuning import eval as eval_cli
 from symbol_tuning import sweep
-from symbol_tuning.models.native_io import save_native
-from symbol_tuning.models.t5 import T5Config
-from symbol_tuning.models.t5_model import model_from_config
-
-CFG = T5Config.preset("tiny", vocab_size=259, d_model=32, d_ff=64, num_heads=2, num_encoder_layers=1,
-                      num_decoder_layers=1, dtype="float32")
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    model = model_from_config(CFG)
-    shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
-    params = jax.jit(lambda rng: nn.meta.unbox(model.get_initial_variables(rng, shapes)["params"]))(
-        jax.random.PRNGKey(0))
-    path = str(tmp_path_factory.mktemp("ckpt") / "tiny_t5")
-    save_native(CFG, params, path)
-    return path
+@pytest.fixture
+def checkpoint(tiny_t5_checkpoint):
+    return tiny_t5_checkpoint
 
 
 def test_eval_gin_file_supplies_the_flags_and_command_line_flags_win(checkpoint, shared_data, tmp_path):

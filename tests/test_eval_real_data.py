@@ -4,18 +4,11 @@ mismatching checkpoint fail before compute, naming the flag, dataset or tensor."
 import json
 import os
 
-import flax.linen as nn
-import jax
 import numpy as np
 import pytest
 
 from symbol_tuning import eval as eval_cli
-from symbol_tuning.models.native_io import save_native
-from symbol_tuning.models.t5 import T5Config
-from symbol_tuning.models.t5_model import model_from_config
 
-CFG = T5Config.preset("tiny", vocab_size=259, d_model=32, d_ff=64, num_heads=2, num_encoder_layers=1,
-                      num_decoder_layers=1, dtype="float32")
 PAPER = ("subj,tweet_eval_hate,tweet_eval_stance_abortion,tweet_eval_stance_atheism,tweet_eval_stance_feminist,"
          "tweet_eval_stance_hillary,raft_overruling,raft_ade_corpus_v2,raft_twitter_complaints")
 BINARY = {"subj", "tweet_eval_hate", "raft_overruling", "raft_ade_corpus_v2", "raft_twitter_complaints"}
@@ -23,15 +16,9 @@ FAST = ["--max_queries=2", "--k_per_class=1", "--max_input_length=1024", "--min_
         "--batch_size=8"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    model = model_from_config(CFG)
-    shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
-    params = jax.jit(lambda rng: nn.meta.unbox(model.get_initial_variables(rng, shapes)["params"]))(
-        jax.random.PRNGKey(0))
-    path = str(tmp_path_factory.mktemp("ckpt") / "tiny_t5")
-    save_native(CFG, params, path)
-    return path
+@pytest.fixture
+def checkpoint(tiny_t5_checkpoint):
+    return tiny_t5_checkpoint
 
 
 def _read_jsonl(path):
@@ -99,11 +86,11 @@ def test_cli_bad_flags_and_names_fail_before_loading_or_compute(checkpoint, shar
 
 
 def test_cli_rejects_a_checkpoint_that_mismatches_the_model_config_naming_the_tensor(checkpoint, shared_data,
-                                                                                     tmp_path, capsys):
+                                                                                     tiny_t5_config, tmp_path, capsys):
     other = tmp_path / "cfg"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"family": "encoder_decoder",
-                                                   "config": CFG.replace(d_model=48).to_dict()}))
+                                                   "config": tiny_t5_config.replace(d_model=48).to_dict()}))
     rc = eval_cli.main([f"--checkpoint={checkpoint}", "--suite=paper", f"--data_root={shared_data}",
                         "--datasets=subj", f"--model_config={other / 'config.json'}", f"--output_dir={tmp_path / 'o'}",
                         *FAST])

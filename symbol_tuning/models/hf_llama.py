@@ -5,9 +5,6 @@ out [N, H, D]). Both use the rotate-half RoPE layout, so no row permutation is n
 """
 from __future__ import annotations
 
-import glob
-import json
-import os
 from typing import Any, Callable
 
 import numpy as np
@@ -15,7 +12,8 @@ from flax import traverse_util
 import flax.linen as nn
 
 from symbol_tuning.models.decoder import DecoderConfig
-from symbol_tuning.models.safetensors_io import check_tensors, load_tensors, write_hf_checkpoint
+from symbol_tuning.models.safetensors_io import (check_tensors, load_tensors, read_hf_config, refuse_pickles,
+                                                 write_hf_checkpoint)
 
 IGNORED = ("rotary_emb.inv_freq",)
 Array = np.ndarray
@@ -73,27 +71,6 @@ def expected_hf_shapes(cfg: DecoderConfig) -> dict[str, tuple[int, ...]]:
     for i in range(cfg.num_layers):
         shapes.update({hf: shape for hf, shape, _, _ in _layer_map(cfg, i).values()})
     return shapes
-
-
-def read_hf_config(path: str) -> dict[str, Any]:
-    """config.json of an HF checkpoint directory, with clear errors for a missing or bad file."""
-    file = os.path.join(path, "config.json")
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"{file}: no config.json in the HF checkpoint directory")
-    try:
-        with open(file, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}: not valid JSON (line {e.lineno}: {e.msg})") from e
-
-
-def refuse_pickles(path: str) -> None:
-    """Raise when a directory holds only pickled .bin / .pt weights (they are never unpickled)."""
-    has_safetensors = glob.glob(os.path.join(path, "*.safetensors"))
-    pickles = sorted(glob.glob(os.path.join(path, "*.bin")) + glob.glob(os.path.join(path, "*.pt")))
-    if pickles and not has_safetensors:
-        raise ValueError(f"{pickles[0]}: only pickled weights found in {path}; they are refused (never unpickled). "
-                         "Convert the checkpoint to safetensors first.")
 
 
 def import_llama(path: str, **overrides: Any) -> tuple[DecoderConfig, dict]:

@@ -7,9 +7,6 @@ when tied) are accepted only when they equal shared.weight.
 """
 from __future__ import annotations
 
-import glob
-import json
-import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -17,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from symbol_tuning.models.safetensors_io import CheckpointMismatchError, check_tensors, load_tensors, write_hf_checkpoint
+from symbol_tuning.models.safetensors_io import (CheckpointMismatchError, check_tensors, load_tensors, read_hf_config,
+                                                 refuse_pickles, write_hf_checkpoint)
 from symbol_tuning.models.t5 import T5Config
 
 Array = np.ndarray
@@ -102,32 +100,14 @@ def _embedding_copies(cfg: T5Config) -> tuple[str, ...]:
     return copies + (("lm_head.weight",) if cfg.tie_word_embeddings else ())
 
 
-def _read_config(path: str) -> dict[str, Any]:
-    file = os.path.join(path, "config.json")
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"{file}: no config.json in the HF checkpoint directory")
-    try:
-        with open(file, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}: not valid JSON (line {e.lineno}: {e.msg})") from e
-
-
-def _refuse_pickles(path: str) -> None:
-    pickles = sorted(glob.glob(os.path.join(path, "*.bin")) + glob.glob(os.path.join(path, "*.pt")))
-    if pickles and not glob.glob(os.path.join(path, "*.safetensors")):
-        raise ValueError(f"{pickles[0]}: only pickled weights found in {path}; they are refused (never "
-                         "unpickled). Convert the checkpoint to safetensors first.")
-
-
 def import_t5(path: str, *, dtype: str = "float32", **overrides: Any) -> tuple[T5Config, dict]:
     """Read an HF T5 / Flan-T5 checkpoint directory into (T5Config, unboxed numpy params of `dtype`).
 
     overrides set T5Config fields (e.g. dtype="float32" for compute, scan_layers=False). Every tensor is
     checked by name and shape before any is used.
     """
-    cfg = T5Config.from_hf_config(_read_config(path), **overrides)
-    _refuse_pickles(path)
+    cfg = T5Config.from_hf_config(read_hf_config(path), **overrides)
+    refuse_pickles(path)
     tensors = load_tensors(path)
     if not cfg.tie_word_embeddings and "lm_head.weight" not in tensors and "shared.weight" in tensors:
         tensors["lm_head.weight"] = tensors["shared.weight"]  # an untied head saved while still equal to the table

@@ -4,6 +4,7 @@ Never unpickles anything: only `.safetensors` files are read.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -147,3 +148,28 @@ def write_hf_checkpoint(out_dir: str, tensors: Mapping[str, np.ndarray], hf_conf
             json.dump(hf_config, f, indent=2)
 
     write_directory_atomically(out_dir, write, prefix=".export-")
+
+
+def read_json_file(path: str) -> Any:
+    """A JSON file's content; a parse error names the file and line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+
+
+def read_hf_config(path: str) -> dict[str, Any]:
+    """config.json of an HF checkpoint directory, with clear errors for a missing or bad file."""
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file}: no config.json in the HF checkpoint directory")
+    return read_json_file(file)
+
+
+def refuse_pickles(path: str) -> None:
+    """Raise when a directory holds only pickled .bin / .pt weights (they are never unpickled)."""
+    pickles = sorted(glob.glob(os.path.join(path, "*.bin")) + glob.glob(os.path.join(path, "*.pt")))
+    if pickles and not glob.glob(os.path.join(path, "*.safetensors")):
+        raise ValueError(f"{pickles[0]}: only pickled weights found in {path}; they are refused (never unpickled). "
+                         "Convert the checkpoint to safetensors first.")
