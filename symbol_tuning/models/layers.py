@@ -5,6 +5,7 @@ default in configs); normalisation statistics and softmax are always computed in
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -34,9 +35,20 @@ class RMSNorm(nn.Module):
         features = x.shape[-1]
         scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
                            (features,), self.param_dtype)
-        x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
-        return (normed * scale.astype(jnp.float32)).astype(self.dtype)
+        return rms_norm(x, scale, self.epsilon, jnp.dtype(self.dtype))
+
+
+@functools.partial(jax.checkpoint, static_argnums=(2, 3))
+def rms_norm(x: jax.Array, scale: jax.Array, epsilon: float, dtype: Any) -> jax.Array:
+    """x / rms(x) * scale, statistics in float32.
+
+    Rematerialised: the backward pass keeps only `x` (bf16 in training) and recomputes the float32
+    intermediates, which would otherwise be saved per norm as three float32 copies of the activations
+    (7x the bytes of x, for an elementwise op that is cheap to redo).
+    """
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + epsilon)
+    return (normed * scale.astype(jnp.float32)).astype(dtype)
 
 
 class DenseGeneral(nn.Module):
@@ -101,6 +113,13 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+@functools.partial(jax.checkpoint, static_argnums=(2,))
+def gated_activation(gate: jax.Array, up: jax.Array, activation: str) -> jax.Array:
+    """act(gate) * up, rematerialised so the backward pass keeps gate and up rather than the activation's
+    intermediates (three more [tokens, d_ff] tensors for SiLU / tanh-GELU)."""
+    return ACTIVATIONS[activation](gate) * up
+
+
 class GatedMLP(nn.Module):
     """act(x W_0) * (x W_1) then W_o: T5.1.1 gated-GELU and Llama SwiGLU."""
 
@@ -120,8 +139,7 @@ class GatedMLP(nn.Module):
             kernel_init=self.kernel_init, name=name)
         gate = dense(self.hidden, ("embed", "mlp"), "wi_0")(x)
         up = dense(self.hidden, ("embed", "mlp"), "wi_1")(x)
-        h = ACTIVATIONS[self.activation](gate) * up
-        h = constrain(h, ("batch", "length", "mlp"))
+        h = constrain(gated_activation(gate, up, self.activation), ("batch", "length", "mlp"))
         h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
         return dense(x.shape[-1], ("mlp", "embed"), "wo")(h)
 
