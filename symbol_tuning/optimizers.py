@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -69,7 +70,9 @@ def make_optimizer(*, name: str, learning_rate: float | optax.Schedule, weight_d
 
     adafactor: T5X defaults -- factored second moments for dims >= `min_dim_size_to_factor`, decay_rate
       0.8, update clipping 1.0, no momentum, updates scaled by the parameter RMS, epsilon 1e-30;
-      `weight_decay` becomes Adafactor's decoupled weight_decay_rate (off at 0).
+      `weight_decay` becomes Adafactor's decoupled weight_decay_rate (off at 0). Kernels with small
+      trailing dims ([layers, embed, heads, head_dim] with head_dim 64) are factored in a merged view
+      (see `factoring_view`), as T5X factors heads x head_dim jointly.
     adamw: optax.adamw with b1, b2, eps and decoupled `weight_decay` (optionally masked).
     """
     if name not in OPTIMIZERS:
@@ -82,12 +85,60 @@ def make_optimizer(*, name: str, learning_rate: float | optax.Schedule, weight_d
                               clipping_threshold=clipping_threshold, momentum=momentum, eps=1e-30,
                               factored=factored, weight_decay_rate=weight_decay or None,
                               weight_decay_mask=weight_decay_mask)
+        if factored:
+            opt = in_factoring_view(opt, min_dim_size_to_factor=min_dim_size_to_factor)
     else:
         opt = optax.adamw(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                           mask=weight_decay_mask)
     if max_grad_norm is not None:
         opt = optax.chain(optax.clip_by_global_norm(max_grad_norm), opt)
     return opt
+
+
+def factoring_view(shape: tuple[int, ...], min_dim_size_to_factor: int = 128) -> tuple[int, ...] | None:
+    """The shape Adafactor should factor a parameter of `shape` in, or None to use it as is.
+
+    optax factors a tensor's two largest dims only when both reach `min_dim_size_to_factor`, so a
+    T5 attention kernel [layers, embed, heads, head_dim] = [24, 4096, 64, 64] keeps a full second
+    moment. Adjacent dims that are each below the threshold are merged (the innermost pair first,
+    never a leading scan "layers" dim of a rank >= 4 kernel) until the tensor can be factored:
+    [24, 4096, 64, 64] -> [24, 4096, 4096], [64, 64, 4096] -> [4096, 4096].
+    """
+    def factorable(dims: list[int]) -> bool:
+        return len(dims) >= 2 and sorted(dims)[-2] >= min_dim_size_to_factor
+
+    dims = list(shape)
+    if len(dims) < 3 or factorable(dims):
+        return None
+    first = 1 if len(dims) >= 4 else 0
+    while not factorable(dims):
+        pairs = [i for i in range(first, len(dims) - 1)
+                 if dims[i] < min_dim_size_to_factor and dims[i + 1] < min_dim_size_to_factor]
+        if not pairs:
+            return None
+        i = pairs[-1]
+        dims[i:i + 2] = [dims[i] * dims[i + 1]]
+    return tuple(dims)
+
+
+def in_factoring_view(inner: optax.GradientTransformation, *,
+                      min_dim_size_to_factor: int = 128) -> optax.GradientTransformation:
+    """Run `inner` (Adafactor) on every parameter reshaped to its `factoring_view`; updates come back
+    in the parameter's shape. Everything in Adafactor but the factoring (update clipping, parameter
+    scale, weight decay) is per-tensor or elementwise, so the view changes only which moments are kept."""
+    def view(x: Any) -> Any:
+        shape = factoring_view(tuple(x.shape), min_dim_size_to_factor)
+        return x if shape is None else x.reshape(shape)
+
+    def init(params: Any) -> Any:
+        return inner.init(jax.tree_util.tree_map(view, params))
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        viewed_params = None if params is None else jax.tree_util.tree_map(view, params)
+        new, state = inner.update(jax.tree_util.tree_map(view, updates), state, viewed_params)
+        return jax.tree_util.tree_map(lambda n, u: n.reshape(u.shape), new, updates), state
+
+    return optax.GradientTransformation(init, update)
 
 
 def as_schedule(learning_rate: float | optax.Schedule) -> Callable[[Any], Any]:

@@ -84,8 +84,8 @@ def optimizer_state_shardings(abstract_opt_state: Any, abstract_params: Any, par
     momentum) is matched leaf by leaf with its parameter: a leaf of the same shape takes the
     parameter's sharding; a factored Adafactor statistic (the parameter's shape with one dim reduced
     away) takes the parameter's spec without that dim. Everything else -- step counts, Adafactor's
-    (1,)-shaped placeholders for unfactored dims, scalars -- is replicated when small (see
-    `_shape_sharding`).
+    (1,)-shaped placeholders for unfactored dims, scalars, statistics of a kernel factored in a merged
+    view (`optimizers.factoring_view`) -- is replicated when small (see `_shape_sharding`).
     """
     param_def = jax.tree_util.tree_structure(abstract_params)
     params = jax.tree_util.tree_leaves(abstract_params)

@@ -184,3 +184,29 @@ def test_adafactor_uses_t5x_defaults_factored_second_moments():
     opt = optimizers.make_optimizer(name="adafactor", learning_rate=0.01, min_dim_size_to_factor=4)
     got = run_optax(opt, jnp.asarray(params, jnp.float32), [jnp.asarray(g, jnp.float32) for g in grads])
     np.testing.assert_allclose(got, np_adafactor(params, grads, 0.01), rtol=1e-5)
+
+
+def test_factoring_view_merges_small_inner_dims_and_keeps_the_layers_dim():
+    view = optimizers.factoring_view
+    assert view((24, 4096, 64, 64)) == (24, 4096, 4096)  # scanned T5-XXL query kernel
+    assert view((24, 64, 64, 4096)) == (24, 4096, 4096)  # its output kernel: the layers dim is never merged
+    assert view((64, 64, 4096)) == (4096, 4096)  # unscanned
+    assert view((22, 2048, 4, 64)) == (22, 2048, 256)  # GQA key kernel, head_dim 64
+    assert view((24, 4096, 10240)) is None  # factorable as it is
+    assert view((32, 4096, 32, 128)) is None  # head_dim 128 reaches the threshold
+    assert view((4096, 64)) is None and view((32, 64)) is None  # rank 2: optax decides
+    assert view((8, 4, 4, 4)) is None  # nothing reaches the threshold even merged
+
+
+def test_adafactor_factors_a_kernel_with_small_trailing_dims_in_its_merged_view():
+    rng = np.random.RandomState(3)
+    params = rng.randn(6, 2, 4)  # with threshold 5, optax alone would keep a full second moment
+    grads = [rng.randn(6, 2, 4) for _ in range(3)]
+    opt = optimizers.make_optimizer(name="adafactor", learning_rate=0.01, min_dim_size_to_factor=5)
+    state = opt.init(jnp.asarray(params, jnp.float32))
+    sizes = sorted(x.size for x in jax.tree_util.tree_leaves(state))
+    assert max(sizes) == 8  # v_row (6,) and v_col (8,) instead of a (6, 2, 4) second moment
+    got = run_optax(opt, jnp.asarray(params, jnp.float32), [jnp.asarray(g, jnp.float32) for g in grads])
+    assert got.shape == (6, 2, 4)
+    want = np_adafactor(params.reshape(6, 8), [g.reshape(6, 8) for g in grads], 0.01).reshape(6, 2, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
