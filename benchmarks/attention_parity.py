@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,10 +47,8 @@ def loss_and_grads(model, params, batch):
 def case(name, make_model, batch, impl):
     """One row: `impl` in bf16 against the float32 XLA reference."""
     ref_model = make_model(dtype="float32", attention_impl="xla")
-    params = ref_model.get_initial_variables(jax.random.PRNGKey(0),
-                                             {k: v.shape for k, v in batch.items() if k.endswith("input_tokens")})
-    params = jax.tree_util.tree_map(lambda x: getattr(x, "value", x), params["params"],
-                                    is_leaf=lambda x: hasattr(x, "value"))
+    shapes = {k: v.shape for k, v in batch.items() if k.endswith("input_tokens")}
+    params = nn.meta.unbox(ref_model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"])
     run = lambda model: jax.jit(lambda p: loss_and_grads(model, p, batch))(params)  # noqa: E731
     ref = run(ref_model)
     row = dict(case=name, impl=impl)

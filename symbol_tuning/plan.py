@@ -141,13 +141,13 @@ def activation_bytes(*, config: Any, family: str, rows: int, feature_lengths: Ma
                                       has_mask=True, query_len=t, key_len=src, backend=backend) == "cudnn"
 
     def attn(t: int, src: int, saved: str) -> float:
-        if saved in ("minimal", "dots") and fused(t, src):  # no score matmuls to keep
-            return b * t * (d + a) * s + b * src * 2 * k * s
-        if fused(t, src):
-            return b * t * (2 * d + 2 * a) * s + b * src * 2 * k * s + b * (bias_heads * t * src * s + h * t * 4)
-        if saved in ("minimal", "dots"):  # "dots" also keeps the batched score matmuls
-            return b * t * (d + a) * s + b * src * 2 * k * s + (b * h * t * src * s if saved == "dots" else 0)
-        return b * t * (2 * d + 2 * a) * s + b * src * 2 * k * s + b * h * t * src * (4 + s)
+        kv = b * src * 2 * k * s
+        if saved in ("minimal", "dots"):  # weight-matmul outputs; "dots" also keeps XLA's score matmuls
+            scores = b * h * t * src * s if saved == "dots" and not fused(t, src) else 0
+            return b * t * (d + a) * s + kv + scores
+        # cuDNN keeps its bias and log-sum-exp; XLA keeps float32 scores and the probabilities
+        kept = b * (bias_heads * t * src * s + h * t * 4) if fused(t, src) else b * h * t * src * (4 + s)
+        return b * t * (2 * d + 2 * a) * s + kv + kept
 
     def mlp(t: int, saved: str) -> float:
         return b * t * (d + 2 * ff) * s if saved in ("minimal", "dots") else b * t * (2 * d + 3 * ff) * s
