@@ -56,6 +56,23 @@ def test_scan_off_and_remat_give_identical_logits(config):
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=0)  # float32 rounding
 
 
+@pytest.mark.parametrize("policy", ["full", "minimal", "dots"])
+def test_remat_gives_the_same_loss_and_gradients_as_no_remat(policy):
+    """Every shared policy keeps the loss and its gradients; "dots" too, which the planner models for decoders."""
+    params = init(TINY)
+    batch = {"decoder_input_tokens": TOKENS}
+
+    def loss_and_grads(remat):
+        model = model_for(TINY.replace(remat_policy=remat))
+        return jax.jit(jax.value_and_grad(
+            lambda p: jnp.sum(jax.nn.log_softmax(model.compute_logits(p, batch))[..., 3])))(params)
+
+    (loss, grads), (ref_loss, ref_grads) = loss_and_grads(policy), loss_and_grads("none")
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(  # float32 rounding, relative to each leaf's scale
+        a, b, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(b)))), grads, ref_grads)
+
+
 def test_params_carry_logical_axis_names():
     variables = jax.eval_shape(lambda: DecoderOnlyModel(TINY).get_initial_variables(
         jax.random.PRNGKey(0), {"decoder_input_tokens": (1, 4)}))["params"]

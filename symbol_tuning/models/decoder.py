@@ -16,8 +16,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from symbol_tuning.models.layers import (ATTENTION_IMPLS, DenseGeneral, Embed, GatedMLP, RMSNorm, attention,
-                                         constrain)
+from symbol_tuning.models.layers import (
+    ATTENTION_IMPLS,
+    REMAT_POLICIES,
+    DenseGeneral,
+    Embed,
+    GatedMLP,
+    RMSNorm,
+    attention,
+    constrain,
+    layer_stack,
+)
 
 HF_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_new", "gelu_new": "gelu_new"}
 HF_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -188,13 +197,6 @@ class DecoderConfig:
         return cls(**{**presets[name], **overrides})
 
 
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
 def rope_frequencies(config: DecoderConfig) -> jax.Array:
     """Inverse frequencies [head_dim // 2], with Llama-3 frequency-dependent scaling when configured."""
     dim = config.head_dim
@@ -311,24 +313,9 @@ class DecoderLM(nn.Module):
             x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)
         x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = constrain(x, ("batch", "length", "embed"))
-        policy = REMAT_POLICIES[cfg.remat_policy]
-        if cfg.scan_layers:
-            block_cls = Block if cfg.remat_policy == "none" else nn.remat(Block, policy=policy, prevent_cse=False)
-            stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.num_layers,
-                            metadata_params={nn.PARTITION_NAME: "layers"})
-            x, new_cache = stack(cfg, deterministic, name="layers")(x, positions, mask, cache, cache_index)
-        else:
-            block_cls = Block if cfg.remat_policy == "none" else nn.remat(Block, policy=policy)
-            ks, vs = [], []
-            for i in range(cfg.num_layers):
-                layer_cache = None if cache is None else (cache[0][i], cache[1][i])
-                x, c = block_cls(cfg, deterministic, name=f"layers_{i}")(x, positions, mask, layer_cache,
-                                                                          cache_index)
-                if c is not None:
-                    ks.append(c[0])
-                    vs.append(c[1])
-            new_cache = (jnp.stack(ks), jnp.stack(vs)) if ks else None
+        in_axes = (nn.broadcast, nn.broadcast, 0, nn.broadcast)
+        x, new_cache = layer_stack(cfg, Block, cfg.num_layers, deterministic, in_axes,
+                                   (x, positions, mask, cache, cache_index))
         if logit_positions is not None:
             x = jnp.take_along_axis(x, logit_positions[:, None, None].astype(jnp.int32), axis=1)
         x = RMSNorm(cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="final_norm")(x)

@@ -16,6 +16,15 @@ import jax.numpy as jnp
 Initializer = Callable[..., jax.Array]
 DType = jnp.dtype
 
+# Activations a layer keeps for the backward pass; "none" skips nn.remat. One table for both families, so the
+# configs accept the same names and the memory planner's model covers each of them.
+REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+}
+
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """Annotate an activation with logical axis names (a no-op outside a mesh/rules context)."""
@@ -207,3 +216,30 @@ def make_attention_mask(query_ok: jax.Array, key_ok: jax.Array, *, causal: bool 
             causal_mask = causal_mask[None]
         mask &= causal_mask
     return mask[:, None]
+
+
+def layer_stack(config: Any, layer_cls: type[nn.Module], num_layers: int, deterministic: bool,
+                in_axes: tuple[Any, ...], args: tuple[Any, ...]) -> tuple[jax.Array, Any]:
+    """Run `num_layers` blocks `layer_cls(config, deterministic)` over the carry args[0]; returns (carry, outputs).
+
+    in_axes gives, for each of args[1:], nn.broadcast (the same for every layer) or 0 (a per-layer slice of a
+    pytree stacked on a leading layers axis, such as a KV cache). Each block returns (carry, output or None);
+    outputs come back stacked on a leading layers axis. With config.scan_layers this is one nn.scan whose
+    parameters carry a leading axis named "layers" under the module "layers"; otherwise a Python loop over
+    blocks layers_0, layers_1, ... with the same numbers. config.remat_policy picks the nn.remat policy; under
+    scan, prevent_cse=False is safe (the loop already keeps XLA from merging the recomputation away) and faster.
+    """
+    policy = REMAT_POLICIES[config.remat_policy]
+    if config.scan_layers:
+        cls = layer_cls if policy is None else nn.remat(layer_cls, policy=policy, prevent_cse=False)
+        stack = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                        in_axes=in_axes, length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+        return stack(config, deterministic, name="layers")(*args)
+    cls = layer_cls if policy is None else nn.remat(layer_cls, policy=policy)
+    x, outs = args[0], []
+    for i in range(num_layers):
+        per_layer = [jax.tree.map(lambda a: a[i], arg) if axis == 0 else arg for arg, axis in zip(args[1:], in_axes)]
+        x, out = cls(config, deterministic, name=f"layers_{i}")(x, *per_layer)
+        outs.append(out)
+    stacked = None if outs[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    return x, stacked

@@ -18,15 +18,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from symbol_tuning.models.layers import (ATTENTION_IMPLS, DenseGeneral, Embed, GatedMLP, RMSNorm, attention,
-                                         constrain)
+from symbol_tuning.models.layers import (
+    ATTENTION_IMPLS,
+    REMAT_POLICIES,
+    DenseGeneral,
+    Embed,
+    GatedMLP,
+    RMSNorm,
+    attention,
+    constrain,
+    layer_stack,
+)
 
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-}
 HF_GATED_ACTIVATIONS = {"gated-gelu": "gelu_new", "gated-gelu_new": "gelu_new", "gated-silu": "silu"}
 
 
@@ -306,24 +309,6 @@ def _dropout(cfg: T5Config, x: jax.Array, deterministic: bool) -> jax.Array:
     return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
 
 
-def _stack(config: T5Config, layer_cls, num_layers: int, deterministic: bool, in_axes: tuple, args: tuple):
-    """Run `num_layers` layers over args[0] (the carry): one nn.scan, or a Python loop with identical numbers."""
-    policy = REMAT_POLICIES[config.remat_policy]
-    if config.scan_layers:
-        cls = layer_cls if config.remat_policy == "none" else nn.remat(layer_cls, policy=policy, prevent_cse=False)
-        stack = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                        in_axes=in_axes, length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-        return stack(config, deterministic, name="layers")(*args)
-    cls = layer_cls if config.remat_policy == "none" else nn.remat(layer_cls, policy=policy)
-    x, outs = args[0], []
-    for i in range(num_layers):
-        per_layer = [jax.tree.map(lambda a: a[i], arg) if axis == 0 else arg for arg, axis in zip(args[1:], in_axes)]
-        x, out = cls(config, deterministic, name=f"layers_{i}")(x, *per_layer)
-        outs.append(out)
-    stacked = None if outs[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
-    return x, stacked
-
-
 class Encoder(nn.Module):
     """Embedded tokens [B, Li, D] -> encoded [B, Li, D] (final-normed)."""
 
@@ -337,8 +322,8 @@ class Encoder(nn.Module):
         bias = RelativePositionBias(cfg, bidirectional=True, name="relpos")(positions, positions)
         x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = constrain(x, ("batch", "length", "embed"))
-        x, _ = _stack(cfg, EncoderLayer, cfg.num_encoder_layers, deterministic,
-                      (nn.broadcast, nn.broadcast), (x, bias, mask))
+        x, _ = layer_stack(cfg, EncoderLayer, cfg.num_encoder_layers, deterministic,
+                           (nn.broadcast, nn.broadcast), (x, bias, mask))
         x = RMSNorm(cfg.layer_norm_epsilon, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
                     name="final_norm")(x)
         return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
@@ -364,7 +349,7 @@ class Decoder(nn.Module):
         y = constrain(y, ("batch", "length", "embed"))
         args = (y, bias, mask, encoded, cross_mask, cache, cache_index, cross_kv)
         in_axes = (nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast, 0)
-        y, state = _stack(cfg, DecoderLayer, cfg.num_decoder_layers, deterministic, in_axes, args)
+        y, state = layer_stack(cfg, DecoderLayer, cfg.num_decoder_layers, deterministic, in_axes, args)
         y = RMSNorm(cfg.layer_norm_epsilon, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
                     name="final_norm")(y)
         return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic), state
