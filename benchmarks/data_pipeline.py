@@ -20,8 +20,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
 import symbol_tuning.tasks  # noqa: E402,F401
-from symbol_tuning.pipeline import BatchStream  # noqa: E402
-from symbol_tuning.vocabularies import ByteVocabulary, HFTokenizerVocabulary, SentencePieceVocabulary  # noqa: E402
+from symbol_tuning.data.pipeline import BatchStream  # noqa: E402
+from symbol_tuning.data.vocabularies import ByteVocabulary, HFTokenizerVocabulary, SentencePieceVocabulary  # noqa: E402
 
 LENGTHS = {"inputs": 2048, "targets": 512}
 BATCH = 32
@@ -79,7 +79,7 @@ def bench(mixture: str, vocab, num: int) -> dict[str, float]:
 
 
 def _fitting(s: BatchStream, chunk) -> int:
-    from symbol_tuning.feature_converters import count_fitting
+    from symbol_tuning.data.feature_converters import count_fitting
     lens = [(a.size, b.size) for a, b in chunk]
     return max(1, count_fitting(lens, (LENGTHS["inputs"], LENGTHS["targets"]), num_rows=BATCH))
 

@@ -48,7 +48,7 @@ def import_tasks() -> None:
 
 def make_vocab(name: str, folder: pathlib.Path):
     """The byte vocabulary, or a SentencePiece model trained here on a few hundred embedded prompts."""
-    from symbol_tuning.vocabularies import ByteVocabulary
+    from symbol_tuning.data.vocabularies import ByteVocabulary
     if name == "bytes":
         return ByteVocabulary()
     if name != "spm":
@@ -57,10 +57,11 @@ def make_vocab(name: str, folder: pathlib.Path):
     if not model.exists():
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from data_pipeline import _train_spm  # the data benchmark's small tokenizer recipe
-        from symbol_tuning.pipeline import BatchStream
+
+        from symbol_tuning.data.pipeline import BatchStream
         stream = BatchStream("embedded_symbol_50", vocabulary=ByteVocabulary(), batch_size=1)
         _train_spm([stream.example_at(i)["inputs"] for i in range(300)], folder)
-    from symbol_tuning.vocabularies import SentencePieceVocabulary
+    from symbol_tuning.data.vocabularies import SentencePieceVocabulary
     return SentencePieceVocabulary(model)
 
 
@@ -68,7 +69,7 @@ def _shard_rate(job: tuple) -> tuple[int, int, float, float]:
     """(row tokens, non-padding tokens, wall seconds, CPU seconds) of `batches` batches of one host shard."""
     mixture, vocab_name, folder, lengths, batch, batches, shard, shards = job
     import_tasks()
-    from symbol_tuning.pipeline import BatchStream
+    from symbol_tuning.data.pipeline import BatchStream
     vocab = make_vocab(vocab_name, pathlib.Path(folder))
     def stream():
         return BatchStream(mixture, vocabulary=vocab, feature_lengths=lengths, batch_size=batch,
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         ratio = r["tokens_per_s"] / train_tps
         print(f"{r['vocab']:6s} {r['processes']:5d} {r['tokens_per_s']:15,.0f} {r['wall_tokens_per_s']:16,.0f} "
-              f"{r['batches_per_s']:10.2f} {r['fill']:5.2f} {ratio:18.1f}x {'ok' if ratio >= TARGET_RATIO else 'MISS':>7s}")
+              f"{r['batches_per_s']:10.2f} {r['fill']:5.2f} {ratio:18.1f}x "
+              f"{'ok' if ratio >= TARGET_RATIO else 'MISS':>7s}")
         row = {"bench": "data_vs_trainer", **r, "trainer_tokens_per_s": train_tps, "ratio": ratio}
         print(json.dumps(row))
     return 0

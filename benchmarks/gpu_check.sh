@@ -75,9 +75,9 @@ flax.__version__, 'optax', optax.__version__, jax.devices())"
 
 step imports 60 "$PY" - <<'EOF'
 import importlib, sys
-mods = ["symbol_tuning.train_state", "symbol_tuning.partitioning", "symbol_tuning.optimizers", "symbol_tuning.losses",
-        "symbol_tuning.metrics", "symbol_tuning.checkpoints", "symbol_tuning.trainer", "symbol_tuning.models.decoder_model",
-        "symbol_tuning.models.t5_model", "symbol_tuning.pipeline", "symbol_tuning.vocabularies"]
+mods = ["symbol_tuning.training.train_state", "symbol_tuning.training.partitioning", "symbol_tuning.training.optimizers", "symbol_tuning.training.losses",
+        "symbol_tuning.training.metrics", "symbol_tuning.training.checkpoints", "symbol_tuning.training.trainer", "symbol_tuning.models.decoder_model",
+        "symbol_tuning.models.t5_model", "symbol_tuning.data.pipeline", "symbol_tuning.data.vocabularies"]
 failed = []
 for m in mods:
     try:

@@ -34,9 +34,10 @@ _set_host_devices(sys.argv)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from symbol_tuning import optimizers, partitioning, train_state  # noqa: E402
 from symbol_tuning.models.decoder import DecoderConfig  # noqa: E402
 from symbol_tuning.models.decoder_model import DecoderOnlyModel  # noqa: E402
+from symbol_tuning.training import optimizers, partitioning, train_state  # noqa: E402
+from symbol_tuning.training.train_step import StepOptions, make_train_step  # noqa: E402
 
 
 def _fsdp_mesh(n: int) -> jax.sharding.Mesh:
@@ -86,8 +87,8 @@ def compile_time(*, preset: str = "palm_62b", num_layers: int, scan: bool, devic
                                                 rules=rules)
     shardings = train_state.state_shardings(abstract)
     batch_sh = partitioning.batch_sharding(mesh)
-    step = train_state.make_train_step(model=model, optimizer=opt, state_shardings=shardings,
-                                       batch_shardings=batch_sh, mesh=mesh, rules=rules, dropout=False)
+    step = make_train_step(model=model, optimizer=opt, state_shardings=shardings, batch_shardings=batch_sh,
+                           mesh=mesh, rules=rules, options=StepOptions(dropout=False))
     features = {n: jax.ShapeDtypeStruct((batch, seq), jnp.float32 if n == "decoder_loss_weights" else jnp.int32,
                                         sharding=batch_sh)
                 for n in ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")}

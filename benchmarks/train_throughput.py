@@ -25,11 +25,12 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from symbol_tuning import metrics, optimizers, partitioning, train_state
 from symbol_tuning.models.decoder import DecoderConfig
 from symbol_tuning.models.decoder_model import DecoderOnlyModel
 from symbol_tuning.models.t5 import T5Config
 from symbol_tuning.models.t5_model import EncoderDecoderModel
+from symbol_tuning.training import metrics, optimizers, partitioning, train_state
+from symbol_tuning.training.train_step import StepOptions, make_train_step
 
 IMPL = "symbol_tuning-jax"
 EMBEDDING_KEYS = ("token_embed", "lm_head")
@@ -142,9 +143,8 @@ def bench(*, name: str, model: Any, flops_fn: Callable[[Any], float], batch: dic
         state, shardings = train_state.create_train_state(model=model, optimizer=opt, rng=jax.random.PRNGKey(0),
                                                           input_shapes=shapes, mesh=mesh, rules=rules)
         batch_sh = partitioning.batch_sharding(mesh)
-        step = train_state.make_train_step(model=model, optimizer=opt, state_shardings=shardings,
-                                           batch_shardings=batch_sh, mesh=mesh, rules=rules,
-                                           dropout=model.config.dropout_rate > 0)
+        step = make_train_step(model=model, optimizer=opt, state_shardings=shardings, batch_shardings=batch_sh,
+                               mesh=mesh, rules=rules, options=StepOptions(dropout=model.config.dropout_rate > 0))
         device_batch = partitioning.make_global_batch(batch, mesh)
         start = time.perf_counter()
         state, out = step(state, device_batch)

@@ -17,8 +17,10 @@ import sys
 import time
 from typing import Any, Sequence
 
-from symbol_tuning import optimizers, partitioning, reporting
-from symbol_tuning.evaluation import EVAL_SETTINGS
+from symbol_tuning.evaluation import reporting
+from symbol_tuning.evaluation.evaluator import EVAL_SETTINGS, EvalOptions
+from symbol_tuning.models.families import FAMILIES, init_shapes
+from symbol_tuning.training import optimizers, partitioning
 
 MODEL_LABEL = "byte-level {family} ({params:.1f}M params)"
 # Named sizes: "cpu" fits 10 minutes on a 2-core laptop CPU; "gpu" is the larger toy reproduction
@@ -35,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run_dir", default=None, help="where everything is written (default: ./runs/demo-<time>)")
     p.add_argument("--size", default="cpu", choices=sorted(SIZES),
                    help="named defaults: cpu (a 2-core laptop, ~8 min) or gpu (one GPU, larger model and budget)")
-    p.add_argument("--family", default="encoder_decoder", choices=("encoder_decoder", "decoder_only"))
+    p.add_argument("--family", default="encoder_decoder", choices=tuple(FAMILIES))
     p.add_argument("--d_model", type=int, default=64)
     p.add_argument("--num_layers", type=int, default=2, help="layers (per stack for the encoder-decoder)")
     p.add_argument("--instruction_steps", type=int, default=250, help="steps of stage (a)")
@@ -48,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction_learning_rate", type=float, default=1e-2)
     p.add_argument("--symbol_learning_rate", type=float, default=3e-3)
     p.add_argument("--eval_queries", type=int, default=40, help="queries per held-out family and setting")
-    p.add_argument("--k_per_class", type=int, default=4)
+    p.add_argument("--k_per_class", type=int, default=EvalOptions.k_per_class)
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -84,13 +86,13 @@ def _train_stage(*, args, model, model_dir: str, mixture: str, steps: int, learn
 
 
 def _evaluate(*, args, model, params, suite, label: str, out_dir: str) -> dict:
-    from symbol_tuning.evaluation import evaluate
-    from symbol_tuning.vocabularies import ByteVocabulary
+    from symbol_tuning.data.vocabularies import ByteVocabulary
+    from symbol_tuning.evaluation.evaluator import evaluate
 
     start = time.time()
-    result = evaluate(model, params, suite, vocabulary=ByteVocabulary(), settings=EVAL_SETTINGS, seed=args.seed,
-                      k_per_class=args.k_per_class, max_input_length=args.input_length, batch_size=32,
-                      min_prompt_bucket=args.input_length)
+    options = EvalOptions(settings=EVAL_SETTINGS, seed=args.seed, k_per_class=args.k_per_class,
+                          max_input_length=args.input_length, batch_size=32, min_prompt_bucket=args.input_length)
+    result = evaluate(model, params, suite, vocabulary=ByteVocabulary(), options=options)
     reporting.write_step_results(out_dir, step=None, records=result.records, summary=result.summary, model=label)
     print(f"  evaluated {len(result.records)} prompts in {time.time() - start:.0f}s", flush=True)
     return result.summary
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> str:
     import jax
     import numpy as np
 
-    from symbol_tuning.eval_suites import build_suite, chance_accuracy
+    from symbol_tuning.evaluation.suites import build_suite, chance_accuracy
     from symbol_tuning.models.native_io import save_native
 
     run_dir = os.path.abspath(args.run_dir or os.path.join("runs", time.strftime("demo-%Y%m%d-%H%M%S")))
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> str:
     t0 = time.time()
     model = _model(args)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(jax.eval_shape(
-        lambda: model.get_initial_variables(jax.random.PRNGKey(0), _shapes(args, model)))["params"]))
+        lambda: model.get_initial_variables(jax.random.PRNGKey(0), init_shapes(model.family, 1, 8)))["params"]))
     label = MODEL_LABEL.format(family=args.family.replace("_", "-"), params=n_params / 1e6)
     print(f"symbol-tuning demo: {label}, run directory {run_dir}", flush=True)
 
@@ -166,12 +168,6 @@ def _per_dataset_table(rows: list[dict]) -> str:
     per = [r for r in rows if r["dataset"] != "average" and r["setting"] in EVAL_SETTINGS]
     keyed = [{**r, "model": r["dataset"]} for r in per]
     return reporting.table1_markdown(keyed, settings=list(EVAL_SETTINGS))
-
-
-def _shapes(args: argparse.Namespace, model) -> dict[str, tuple[int, ...]]:
-    if model.family == "encoder_decoder":
-        return {"encoder_input_tokens": (1, args.input_length), "decoder_input_tokens": (1, args.target_length)}
-    return {"decoder_input_tokens": (1, args.input_length + args.target_length)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,13 +18,8 @@ from typing import Any, Sequence
 import gin
 
 from symbol_tuning import gin_utils
+from symbol_tuning.evaluation.evaluator import EvalOptions
 from symbol_tuning.models.safetensors_io import CheckpointMismatchError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _positive(flag: str):
@@ -44,9 +39,10 @@ def _names(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from symbol_tuning.eval_suites import PAPER_SOURCES, SUITES
+    from symbol_tuning.evaluation.suites import PAPER_SOURCES, SUITES
 
-    p = _Parser(prog="symbol_tuning.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = gin_utils.FlagParser(prog="symbol_tuning.eval", description=__doc__,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     gin_utils.add_gin_flags(p)
     p.add_argument("--checkpoint", default=None, help="native, HF or Orbax training checkpoint directory (required)")
     steps = p.add_mutually_exclusive_group()
@@ -58,13 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", type=_names, default=None, help="comma-separated dataset / task names")
     p.add_argument("--settings", type=_names, default=None, help="comma-separated settings (default: all)")
     p.add_argument("--concepts", type=_names, default=None, help="list_functions concept ids (bigbench suite)")
-    p.add_argument("--k_per_class", type=_positive("--k_per_class"), default=4)
+    p.add_argument("--k_per_class", type=_positive("--k_per_class"), default=EvalOptions.k_per_class)
     p.add_argument("--vocabulary", default="bytes", help="bytes | spm:<model> | hf:<tokenizer>")
-    p.add_argument("--max_input_length", type=_positive("--max_input_length"), default=2048)
-    p.add_argument("--min_prompt_bucket", type=_positive("--min_prompt_bucket"), default=64)
+    p.add_argument("--max_input_length", type=_positive("--max_input_length"), default=EvalOptions.max_input_length)
+    p.add_argument("--min_prompt_bucket", type=_positive("--min_prompt_bucket"), default=EvalOptions.min_prompt_bucket)
     p.add_argument("--max_queries", type=_positive("--max_queries"), default=None, help="queries per dataset")
-    p.add_argument("--batch_size", type=_positive("--batch_size"), default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch_size", type=_positive("--batch_size"), default=EvalOptions.batch_size)
+    p.add_argument("--seed", type=int, default=EvalOptions.seed)
     p.add_argument("--model_config", default=None, help="native-style config.json the checkpoint must match")
     p.add_argument("--output_dir", default="eval_results")
     p.add_argument("--label", default=None, help="model name in tables (default: checkpoint dir name)")
@@ -74,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_config(path: str | None):
     if path is None:
         return None
-    from symbol_tuning.eval_checkpoints import config_from_file
+    from symbol_tuning.evaluation.checkpoint_loading import config_from_file
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--model_config: {path} does not exist")
@@ -86,25 +82,25 @@ def _model_config(path: str | None):
 
 def run(args: argparse.Namespace) -> None:
     """Validate names, load and check the checkpoint, evaluate, and write the results."""
-    from symbol_tuning import eval_checkpoints, evaluation, reporting
-    from symbol_tuning.eval_suites import build_suite
-    from symbol_tuning.vocabularies import get_vocabulary
+    from symbol_tuning.data.vocabularies import get_vocabulary
+    from symbol_tuning.evaluation import checkpoint_loading, evaluator, reporting
+    from symbol_tuning.evaluation.suites import build_suite
 
-    settings = evaluation.check_settings(args.settings)
+    options = EvalOptions(settings=args.settings, seed=args.seed, k_per_class=args.k_per_class,
+                          max_input_length=args.max_input_length, batch_size=args.batch_size,
+                          min_prompt_bucket=args.min_prompt_bucket)
     suite = build_suite(args.suite, data_root=args.data_root, source=args.source, datasets=args.datasets,
                         max_queries=args.max_queries, seed=args.seed, concepts=args.concepts)
     vocabulary = get_vocabulary(args.vocabulary)
     config = _model_config(args.model_config)
     label = args.label or os.path.basename(os.path.normpath(args.checkpoint))
-    common = dict(vocabulary=vocabulary, settings=settings, seed=args.seed, k_per_class=args.k_per_class,
-                  max_input_length=args.max_input_length, batch_size=args.batch_size,
-                  min_prompt_bucket=args.min_prompt_bucket)
     if args.all_steps:
-        eval_checkpoints.evaluate_all_checkpoints(args.checkpoint, suite=suite, output_dir=args.output_dir,
-                                                  model_config=config, label=label, **common)
+        evaluator.evaluate_all_checkpoints(args.checkpoint, suite=suite, vocabulary=vocabulary,
+                                           output_dir=args.output_dir, options=options, model_config=config,
+                                           label=label)
         return
-    loaded = eval_checkpoints.load_for_eval(args.checkpoint, model_config=config, step=args.step)
-    result = evaluation.evaluate(loaded.model, loaded.params, suite, **common)
+    loaded = checkpoint_loading.load_for_eval(args.checkpoint, model_config=config, step=args.step)
+    result = evaluator.evaluate(loaded.model, loaded.params, suite, vocabulary=vocabulary, options=options)
     reporting.write_step_results(args.output_dir, step=loaded.step, records=result.records, summary=result.summary,
                                  model=label)
     reporting.write_overview(args.output_dir, {loaded.step: result.summary}, model=label)

@@ -1,4 +1,4 @@
-"""T5X-style gin command-line handling shared by the train, eval and sweep entry points.
+"""T5X-style gin command-line handling shared by the commands, and their argument parser.
 
 Flags: `--gin_file` (repeatable), `--gin_bindings` (repeatable), `--gin.MACRO=value` (repeatable, becomes
 the binding `MACRO = value`) and `--gin_search_paths` (comma-separated folders searched for relative gin
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import gin
@@ -37,6 +38,14 @@ def _install_safe_package_reader() -> None:
 
 class GinConfigError(ValueError):
     """A gin flag, file or binding that cannot be used (named in the message)."""
+
+
+class FlagParser(argparse.ArgumentParser):
+    """The commands' argument parser: a bad flag exits 2 with the usage and the flag named, never a traceback."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def default_search_paths() -> list[str]:

@@ -74,7 +74,7 @@ def load_spec(path: str) -> dict[str, Any]:
 
 def check_spec(spec: Any, *, source: str = "sweep spec") -> dict[str, Any]:
     """Validate a spec dict; errors name the field."""
-    from symbol_tuning.evaluation import check_settings
+    from symbol_tuning.evaluation.evaluator import EvalOptions, check_settings
 
     if not isinstance(spec, dict):
         raise ValueError(f"{source}: expected an object, got {type(spec).__name__}")
@@ -95,7 +95,7 @@ def check_spec(spec: Any, *, source: str = "sweep spec") -> dict[str, Any]:
     spec = dict(spec)
     if spec.get("settings") is not None:
         spec["settings"] = list(check_settings(spec["settings"]))
-    ks = spec.get("k_per_class", [4])
+    ks = spec.get("k_per_class", [EvalOptions.k_per_class])
     ks = [ks] if isinstance(ks, int) else list(ks)
     if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
         raise ValueError(f"{source}: k_per_class must be a positive integer or a list of them, got {ks!r}")
@@ -118,13 +118,13 @@ def plan_cells(spec: Mapping[str, Any], settings: Sequence[str]) -> list[Cell]:
 
 
 def done_keys(output_dir: str) -> set[str]:
-    from symbol_tuning.reporting import read_jsonl
+    from symbol_tuning.evaluation.reporting import read_jsonl
 
     return {r["key"] for r in read_jsonl(os.path.join(output_dir, RESULTS)) if "key" in r}
 
 
 def _settings_for(spec: Mapping[str, Any], suite) -> list[str]:
-    from symbol_tuning.evaluation import EVAL_SETTINGS, GENERATIVE
+    from symbol_tuning.evaluation.evaluator import EVAL_SETTINGS, GENERATIVE
 
     out = []
     if suite.datasets:
@@ -135,19 +135,22 @@ def _settings_for(spec: Mapping[str, Any], suite) -> list[str]:
 
 
 def _cell_result(cell: Cell, loaded, suite, vocabulary, spec: Mapping[str, Any]) -> dict[str, Any]:
-    from symbol_tuning.eval_suites import EvalSuite
-    from symbol_tuning.evaluation import GENERATIVE, evaluate
+    from symbol_tuning.evaluation.evaluator import GENERATIVE, EvalOptions, evaluate
+    from symbol_tuning.evaluation.suites import EvalSuite
 
-    common = dict(vocabulary=vocabulary, seed=spec.get("seed", 0), k_per_class=cell.k_per_class,
-                  max_input_length=spec.get("max_input_length", 2048), batch_size=spec.get("batch_size", 8),
-                  min_prompt_bucket=spec.get("min_prompt_bucket", 64))
+    defaults = EvalOptions()
+    options = EvalOptions(settings=None if cell.setting == GENERATIVE else [cell.setting],
+                          seed=spec.get("seed", defaults.seed), k_per_class=cell.k_per_class,
+                          max_input_length=spec.get("max_input_length", defaults.max_input_length),
+                          batch_size=spec.get("batch_size", defaults.batch_size),
+                          min_prompt_bucket=spec.get("min_prompt_bucket", defaults.min_prompt_bucket))
     if cell.setting == GENERATIVE:
         summary = evaluate(loaded.model, loaded.params, EvalSuite(suite.name, generative=suite.generative),
-                           settings=None, **common).summary
+                           vocabulary=vocabulary, options=options).summary
         per, acc = summary["generative"], float(sum(summary["generative"].values()) / len(summary["generative"]))
     else:
         summary = evaluate(loaded.model, loaded.params, EvalSuite(suite.name, datasets=suite.datasets),
-                           settings=[cell.setting], **common).summary
+                           vocabulary=vocabulary, options=options).summary
         per, acc = summary["accuracy"].get(cell.setting, {}), summary["average"].get(cell.setting)
         if acc is None:
             raise ValueError(f"cell {cell.key}: no dataset of suite {suite.name!r} applies to setting {cell.setting!r}")
@@ -160,12 +163,12 @@ def run_sweep(spec: Mapping[str, Any], output_dir: str, *, after_cell: Callable[
     """Run the missing cells of `spec`, then write the tables and plots; returns every cell's record.
 
     after_cell(record) runs after each new cell is saved (progress hooks; tests use it to interrupt).
-    loader(path, model_config=..., step=...) defaults to eval_checkpoints.load_for_eval.
+    loader(path, model_config=..., step=...) defaults to checkpoint_loading.load_for_eval.
     """
-    from symbol_tuning import reporting
-    from symbol_tuning.eval_checkpoints import config_from_file, load_for_eval
-    from symbol_tuning.eval_suites import build_suite
-    from symbol_tuning.vocabularies import get_vocabulary
+    from symbol_tuning.data.vocabularies import get_vocabulary
+    from symbol_tuning.evaluation import reporting
+    from symbol_tuning.evaluation.checkpoint_loading import config_from_file, load_for_eval
+    from symbol_tuning.evaluation.suites import build_suite
 
     spec = check_spec(dict(spec))
     suite = build_suite(spec.get("suite", "embedded"), data_root=spec.get("data_root"),
@@ -210,7 +213,7 @@ def _step_order(step: Any) -> float:
 
 def write_reports(records: Sequence[Mapping[str, Any]], output_dir: str) -> None:
     """results.csv, table.md (per k, tuned at its last step), settings.png and accuracy_vs_step_<model>.png."""
-    from symbol_tuning import reporting
+    from symbol_tuning.evaluation import reporting
 
     if not reporting.is_process_zero() or not records:
         return
@@ -240,12 +243,6 @@ def write_reports(records: Sequence[Mapping[str, Any]], output_dir: str) -> None
                                             title=f"{model}: accuracy vs step")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 @gin.configurable(module="sweep")
 def flags(*, config: str | None = None, output_dir: str | None = None, data_root: str | None = None,
           k_per_class: str | None = None, settings: str | None = None) -> dict[str, Any]:
@@ -257,7 +254,7 @@ def flags(*, config: str | None = None, output_dir: str | None = None, data_root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="symbol_tuning.sweep", description=__doc__,
+    parser = gin_utils.FlagParser(prog="symbol_tuning.sweep", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     gin_utils.add_gin_flags(parser)
     parser.add_argument("--config", default=None, help="sweep spec (.json, .yaml or .yml) (required)")

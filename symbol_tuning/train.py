@@ -18,11 +18,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import gin
 
-from symbol_tuning import gin_utils, optimizers, partitioning
+from symbol_tuning import gin_utils
+from symbol_tuning.data.pipeline import InputOptions
+from symbol_tuning.training import optimizers, partitioning
+from symbol_tuning.training.train_step import StepOptions
+from symbol_tuning.training.trainer import LoopOptions
 
 log = logging.getLogger(__name__)
-
-FAMILIES = ("encoder_decoder", "decoder_only")
 
 gin.external_configurable(partitioning.MeshConfig, name="MeshConfig", module="partitioning")
 gin.external_configurable(optimizers.make_schedule, name="make_schedule", module="optimizers")
@@ -34,14 +36,9 @@ gin.constant("partitioning.DEFAULT_RULES", partitioning.DEFAULT_RULES)
 def build_model(*, family: str = gin.REQUIRED, preset: str | None = None,
                 overrides: Mapping[str, Any] | None = None, config_file: str | None = None) -> Any:
     """A BaseModel of `family` from a named preset (plus field overrides) or a config.json of ours."""
-    if family not in FAMILIES:
-        raise ValueError(f"models.build_model.family={family!r}: expected one of {FAMILIES}")
-    if family == "encoder_decoder":
-        from symbol_tuning.models.t5 import T5Config as config_cls
-        from symbol_tuning.models.t5_model import model_from_config
-    else:
-        from symbol_tuning.models.decoder import DecoderConfig as config_cls
-        from symbol_tuning.models.decoder_model import model_from_config
+    from symbol_tuning.models.families import get_family, model_for
+
+    config_cls = get_family(family, source=f"models.build_model.family={family!r}").config_cls
     overrides = dict(overrides or {})
     if (preset is None) == (config_file is None):
         raise ValueError("models.build_model: give exactly one of preset= and config_file=")
@@ -52,7 +49,7 @@ def build_model(*, family: str = gin.REQUIRED, preset: str | None = None,
             values = json.load(f)
         values = values.get("config", values)
         config = config_cls.from_dict({**values, **overrides})
-    return model_from_config(config)
+    return model_for(config)
 
 
 @gin.configurable(module="data")
@@ -60,8 +57,8 @@ def make_batch_stream(*, name: str, vocabulary: str, feature_lengths: Mapping[st
                       model_family: str, pack: bool, seed: int, shard_index: int, num_shards: int) -> Any:
     """This host's resumable stream of numpy batches for a registered task or mixture (pipeline.BatchStream)."""
     import symbol_tuning.tasks  # noqa: F401 -- registers the embedded default mixtures
-    from symbol_tuning.pipeline import BatchStream
-    from symbol_tuning.vocabularies import get_vocabulary
+    from symbol_tuning.data.pipeline import BatchStream
+    from symbol_tuning.data.vocabularies import get_vocabulary
 
     return BatchStream(name, vocabulary=get_vocabulary(vocabulary), feature_lengths=dict(feature_lengths),
                        batch_size=batch_size, model_family=model_family, pack=pack, seed=seed,
@@ -75,21 +72,22 @@ def local_symbol_mixture(*, name: str = "local_symbol_mixture", data_root: str =
                          max_examples: int = 25_000, skip_bad_rows: bool = False) -> str:
     """Register a symbol-tuning mixture over raw local copies of real datasets and return its name.
 
-    `datasets` are names known to `local_layouts` (the paper's names or the folder names of a local
+    `datasets` are names known to `data.sources.layouts` (the paper's names or the folder names of a local
     data root such as ../shared/data), read from `data_root`; symbol data is `symbol_rate` of the
     stream and the rest comes from `instruction_path` (any (inputs, targets) file a Flan export gives,
     see instruction_data) or, without it, the generated instruction task. Bind it as the mixture:
     `MIXTURE_OR_TASK_NAME = @data.local_symbol_mixture()`. Evaluation datasets are refused.
     """
     import symbol_tuning.tasks  # noqa: F401 -- registers the generated instruction task
-    from symbol_tuning.decontamination import assert_tuning_names_allowed
-    from symbol_tuning.local_files import load_local
-    from symbol_tuning.local_layouts import local_source
-    from symbol_tuning.task_registry import TaskRegistry, instruction_task as make_instruction_task
-    from symbol_tuning.task_registry import register_mixture
+    from symbol_tuning.data.decontamination import assert_tuning_names_allowed
+    from symbol_tuning.data.sources.layouts import local_source
+    from symbol_tuning.data.sources.local_files import load_local
+    from symbol_tuning.data.task_builders import instruction_task as make_instruction_task
+    from symbol_tuning.data.task_builders import register_mixture
+    from symbol_tuning.data.task_registry import TaskRegistry
 
     if instruction_path is not None:
-        from symbol_tuning.instruction_data import load_instruction_data
+        from symbol_tuning.data.instruction_data import load_instruction_data
 
         instruction_task = f"instructions:{os.path.basename(os.path.normpath(instruction_path))}"
         data = load_instruction_data(instruction_path, skip_bad_rows=skip_bad_rows)
@@ -107,16 +105,11 @@ def local_symbol_mixture(*, name: str = "local_symbol_mixture", data_root: str =
 
 def load_init_params(path: str) -> Any:
     """Params from our native checkpoint (config.json with "family") or an HF checkpoint directory."""
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
+    from symbol_tuning.models.native_io import load_params_dir
+
+    if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"init_checkpoint {path}: no config.json")
-    with open(config_path, encoding="utf-8") as f:
-        native = "family" in json.load(f)
-    if native:
-        from symbol_tuning.models.native_io import load_native
-        return load_native(path)[1]
-    from symbol_tuning.import_hf import import_checkpoint
-    return import_checkpoint(path)[1]
+    return load_params_dir(path)[1]
 
 
 def _input_shapes(stream: Any, hosts: int) -> dict[str, tuple[int, ...]]:
@@ -135,50 +128,51 @@ def _check_given(values: Mapping[str, Any]) -> None:
 
 @gin.configurable(module="train")
 def train(*, model: Any = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED, model_dir: str = gin.REQUIRED,
-          train_steps: int = gin.REQUIRED, batch_size: int = 8, feature_lengths: Mapping[str, int] | None = None,
-          vocabulary: str = "bytes", pack: bool = True, seed: int = 0, checkpoint_every: int = 100,
-          keep_checkpoints: int = 3, log_every: int = 10, optimizer: Callable[..., Any] = optimizers.make_optimizer,
+          train_steps: int = gin.REQUIRED, batch_size: int = InputOptions.batch_size,
+          feature_lengths: Mapping[str, int] | None = None, vocabulary: str = InputOptions.vocabulary,
+          pack: bool = InputOptions.pack, seed: int = LoopOptions.seed,
+          checkpoint_every: int = LoopOptions.checkpoint_every, keep_checkpoints: int = LoopOptions.keep_checkpoints,
+          log_every: int = LoopOptions.log_every, optimizer: Callable[..., Any] = optimizers.make_optimizer,
           learning_rate_fn: Any = 1e-3, mesh_config: partitioning.MeshConfig | None = None,
           logical_axis_rules: partitioning.Rules = partitioning.DEFAULT_RULES, init_checkpoint: str | None = None,
-          num_microbatches: int = 1, z_loss: float = 0.0, loss_normalizing_factor: Any = "num_real_target_tokens",
-          stream_fn: Callable[..., Any] = make_batch_stream, eval_fn: Callable | None = None,
-          eval_every: int | None = None) -> Any:
+          num_microbatches: int = StepOptions.num_microbatches, z_loss: float = StepOptions.z_loss,
+          loss_normalizing_factor: Any = "num_real_target_tokens", stream_fn: Callable[..., Any] = make_batch_stream,
+          eval_fn: Callable | None = None, eval_every: int | None = LoopOptions.eval_every) -> Any:
     """Build model, mesh, optimizer and this host's input stream, then run `trainer.train`.
 
     `batch_size` is global (split evenly over hosts); `optimizer` is a factory called with
     `learning_rate=learning_rate_fn` (a float or an optax schedule such as @optimizers.make_schedule()).
+    Defaults live in the option dataclasses (InputOptions, StepOptions, LoopOptions) the planner reads too.
     """
-    from symbol_tuning import trainer
+    from symbol_tuning.training import trainer
 
     _check_given(dict(model=model, mixture_or_task_name=mixture_or_task_name, model_dir=model_dir,
                       train_steps=train_steps))
-    feature_lengths = dict(feature_lengths or {"inputs": 256, "targets": 32})
+    inputs = InputOptions.create(batch_size=batch_size, feature_lengths=feature_lengths, vocabulary=vocabulary,
+                                 pack=pack)
+    loop = LoopOptions(steps=train_steps, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+                       log_every=log_every, eval_every=eval_every, seed=seed)
+    step = StepOptions(num_microbatches=num_microbatches, z_loss=z_loss,
+                       loss_normalizing_factor=loss_normalizing_factor)
     shard_index, num_shards = partitioning.host_shard_info()
-    if batch_size % num_shards:
-        raise ValueError(f"train.batch_size={batch_size} is not divisible by the {num_shards} hosts")
+    if inputs.batch_size % num_shards:
+        raise ValueError(f"train.batch_size={inputs.batch_size} is not divisible by the {num_shards} hosts")
     mesh = partitioning.create_mesh(mesh_config or partitioning.MeshConfig())
-    stream = stream_fn(name=mixture_or_task_name, vocabulary=vocabulary, feature_lengths=feature_lengths,
-                       batch_size=batch_size // num_shards, model_family=model.family, pack=pack, seed=seed,
-                       shard_index=shard_index, num_shards=num_shards)
+    stream = stream_fn(name=mixture_or_task_name, vocabulary=inputs.vocabulary,
+                       feature_lengths=inputs.feature_lengths, batch_size=inputs.batch_size // num_shards,
+                       model_family=model.family, pack=inputs.pack, seed=seed, shard_index=shard_index,
+                       num_shards=num_shards)
     return trainer.train(
-        model=model, model_dir=model_dir, train_stream=stream, steps=train_steps,
-        optimizer=optimizer(learning_rate=learning_rate_fn), learning_rate_fn=learning_rate_fn, mesh=mesh,
-        rules=tuple(tuple(r) for r in logical_axis_rules), input_shapes=_input_shapes(stream, num_shards),
-        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
-        init_params=load_init_params(init_checkpoint) if init_checkpoint else None,
-        num_microbatches=num_microbatches, z_loss=z_loss, seed=seed, eval_fn=eval_fn, eval_every=eval_every,
-        loss_normalizing_factor=loss_normalizing_factor)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # exit 2 naming the flag, never a traceback
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        model=model, model_dir=model_dir, train_stream=stream, optimizer=optimizer(learning_rate=learning_rate_fn),
+        learning_rate_fn=learning_rate_fn, mesh=mesh, rules=tuple(tuple(r) for r in logical_axis_rules),
+        input_shapes=_input_shapes(stream, num_shards), options=loop, step_options=step,
+        init_params=load_init_params(init_checkpoint) if init_checkpoint else None, eval_fn=eval_fn)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The train flags (gin flags plus multi-process start-up)."""
-    parser = _Parser(prog="symbol-tuning train", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser = gin_utils.FlagParser(prog="symbol-tuning train", description=__doc__.split("\n\n")[0],
+                                  allow_abbrev=False)
     gin_utils.add_gin_flags(parser)
     parser.add_argument("--multiprocess_gpu", action="store_true",
                         help="start JAX's multi-process runtime (GPU clusters; TPU pods are auto-detected)")

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import functools
 
-from symbol_tuning import generated
-from symbol_tuning.prompts import SETTINGS
-from symbol_tuning.task_registry import (MixtureRegistry, TaskRegistry, eval_task, instruction_task,
-                                         register_eval_data, symbol_task)
+from symbol_tuning.data.embedded import datasets as generated
+from symbol_tuning.data.prompts import SETTINGS
+from symbol_tuning.data.task_builders import eval_task, instruction_task, symbol_task
+from symbol_tuning.data.task_registry import MixtureRegistry, TaskRegistry, register_eval_data
 
 SYMBOL_RATES = (0, 16, 33, 50, 66, 83, 100)
 TUNING_EXAMPLES = 1000

@@ -2,22 +2,23 @@
 "eval:<dataset>:<setting>" and "eval:<dataset>:flipped" (labels-only prompts, labels flipped).
 
 Queries come from the "eval" split (at most 100), exemplars from the "train" split; both load on
-first use via `hub_sources.load_classification` from `SOURCE`.
+first use via `data.sources.hub.load_classification` from `SOURCE`.
 """
 from __future__ import annotations
 
 import functools
 
-from symbol_tuning import specs
-from symbol_tuning.prompts import SETTINGS
-from symbol_tuning.task_registry import TaskRegistry, eval_task, register_eval_data
+from symbol_tuning.data import specs
+from symbol_tuning.data.prompts import SETTINGS
+from symbol_tuning.data.task_builders import eval_task
+from symbol_tuning.data.task_registry import TaskRegistry, register_eval_data
 
 SOURCE = "hf"
 FLIPPED_SETTING = "labels_only"
 
 
 def _load(name: str, split: str):
-    from symbol_tuning.hub_sources import load_classification
+    from symbol_tuning.data.sources.hub import load_classification
     data = load_classification(name, split, source=SOURCE,
                                max_examples=specs.EVAL_MAX_EXAMPLES if split == "eval" else None)
     if split == "eval":

@@ -9,15 +9,16 @@ from __future__ import annotations
 import functools
 import os
 
-from symbol_tuning.examples import GenerativeData
-from symbol_tuning.task_registry import PromptTask, TaskRegistry, instruction_task
+from symbol_tuning.data.examples import GenerativeData
+from symbol_tuning.data.task_builders import instruction_task
+from symbol_tuning.data.task_registry import PromptTask, TaskRegistry
 
 FLAN_TASK = "instructions:flan"
 FLAN_ENV = "SYMBOL_TUNING_FLAN_PATH"
 
 
 def _load(path: str | None, **fields) -> GenerativeData:
-    from symbol_tuning.instruction_data import load_instruction_data
+    from symbol_tuning.data.instruction_data import load_instruction_data
     path = path or os.environ.get(FLAN_ENV)
     if not path:
         raise FileNotFoundError(f"task {FLAN_TASK!r} needs instruction data: set {FLAN_ENV} to a file, a saved "

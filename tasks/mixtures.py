@@ -2,8 +2,10 @@
 (<rate>% symbol data, the rest "instructions:flan"), rates 0/16/33/50/66/83/100."""
 from __future__ import annotations
 
-from symbol_tuning import specs
-from symbol_tuning.task_registry import MixtureRegistry, register_mixture
+from symbol_tuning.data import specs
+from symbol_tuning.data.task_builders import register_mixture
+from symbol_tuning.data.task_registry import MixtureRegistry
+
 from .instructions import FLAN_TASK
 
 SYMBOL_RATES = (0, 16, 33, 50, 66, 83, 100)

@@ -1,20 +1,21 @@
 """The paper's 22 tuning datasets, one symbol-remapped task each: "symbol_tuning:<dataset>".
 
-Data load on first use with `hub_sources.load_classification(name, "train", source=SOURCE)`;
+Data load on first use with `data.sources.hub.load_classification(name, "train", source=SOURCE)`;
 set `SOURCE` (or register your own task with a local path) before the first use.
 """
 from __future__ import annotations
 
 import functools
 
-from symbol_tuning import specs
-from symbol_tuning.task_registry import TaskRegistry, symbol_task
+from symbol_tuning.data import specs
+from symbol_tuning.data.task_builders import symbol_task
+from symbol_tuning.data.task_registry import TaskRegistry
 
 SOURCE = "hf"
 
 
 def _load(name: str):
-    from symbol_tuning.hub_sources import load_classification
+    from symbol_tuning.data.sources.hub import load_classification
     return load_classification(name, "train", source=SOURCE, max_examples=specs.TUNING_MAX_EXAMPLES)
 
 

@@ -58,9 +58,10 @@ def _peer_t5_flops(d, layers, heads, dkv, dff, vocab, lin, lout, batch):
 
 def test_decoder_flops_equal_the_peer_formula_on_an_hf_llama():
     tt = _load("train_throughput")
+    import flax.linen as nn
+
     from symbol_tuning.models.decoder import DecoderConfig
     from symbol_tuning.models.decoder_model import DecoderOnlyModel
-    import flax.linen as nn
     cfg = DecoderConfig(vocab_size=256, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, d_ff=128)
     params = nn.meta.unbox(jax.eval_shape(lambda k: DecoderOnlyModel(cfg).get_initial_variables(
         k, {"decoder_input_tokens": (1, 8)}), jax.random.PRNGKey(0))["params"])
@@ -70,9 +71,10 @@ def test_decoder_flops_equal_the_peer_formula_on_an_hf_llama():
 
 def test_t5_flops_equal_the_peer_formula_on_an_hf_t5():
     tt = _load("train_throughput")
+    import flax.linen as nn
+
     from symbol_tuning.models.t5 import T5Config
     from symbol_tuning.models.t5_model import EncoderDecoderModel
-    import flax.linen as nn
     cfg = T5Config(vocab_size=256, d_model=64, num_heads=4, d_kv=16, d_ff=128, num_encoder_layers=2,
                    num_decoder_layers=2)
     params = nn.meta.unbox(jax.eval_shape(lambda k: EncoderDecoderModel(cfg).get_initial_variables(
@@ -177,10 +179,11 @@ def test_gpu_check_script_is_valid_bash_and_shellcheck_clean():
 
 def test_decoder_1b_flops_per_token_agree_with_the_peers_published_mfu():
     tt = _load("train_throughput")
-    from symbol_tuning import metrics
+    import flax.linen as nn
+
     from symbol_tuning.models.decoder import DecoderConfig
     from symbol_tuning.models.decoder_model import DecoderOnlyModel
-    import flax.linen as nn
+    from symbol_tuning.training import metrics
     cfg = DecoderConfig.preset("decoder_1b")
     params = nn.meta.unbox(jax.eval_shape(lambda k: DecoderOnlyModel(cfg).get_initial_variables(
         k, {"decoder_input_tokens": (1, 8)}), jax.random.PRNGKey(0))["params"])

@@ -3,9 +3,13 @@ import json
 
 import pytest
 
-from symbol_tuning.bigbench import (list_functions_descriptions, list_functions_tasks, load_bigbench_task,
-                                    simple_turing_concept_tasks)
-from symbol_tuning.rows import DataError
+from symbol_tuning.data.bigbench import (
+    list_functions_descriptions,
+    list_functions_tasks,
+    load_bigbench_task,
+    simple_turing_concept_tasks,
+)
+from symbol_tuning.data.rows import DataError
 
 
 def test_list_functions_has_250_concepts_of_32_examples_each(shared_data):

@@ -3,10 +3,14 @@ import hashlib
 
 import pytest
 
-from symbol_tuning.decontamination import (ContaminationError, assert_tuning_names_allowed, check_no_overlap,
-                                           normalized_hash)
-from symbol_tuning.examples import ClassificationData, Example, GenerativeData, TextPair
-from symbol_tuning.specs import EVAL_DATASETS, TUNING_DATASETS
+from symbol_tuning.data.decontamination import (
+    ContaminationError,
+    assert_tuning_names_allowed,
+    check_no_overlap,
+    normalized_hash,
+)
+from symbol_tuning.data.examples import ClassificationData, Example, GenerativeData, TextPair
+from symbol_tuning.data.specs import EVAL_DATASETS, TUNING_DATASETS
 
 
 def _data(name, texts, split="train"):

@@ -7,8 +7,8 @@ import os
 import numpy as np
 
 from symbol_tuning import demo
-from symbol_tuning.evaluation import EVAL_SETTINGS
-from symbol_tuning.generated import EVAL_FAMILIES
+from symbol_tuning.data.embedded.datasets import EVAL_FAMILIES
+from symbol_tuning.evaluation.evaluator import EVAL_SETTINGS
 
 
 def test_short_demo_writes_checkpoints_table_and_plots_from_real_predictions(tmp_path, capsys):

@@ -11,20 +11,23 @@ import numpy as np
 import optax
 import pytest
 
-from symbol_tuning import eval_checkpoints, evaluation, reporting
-from symbol_tuning.checkpoints import Checkpointer
-from symbol_tuning.eval_suites import EvalDataset, GenerativeTask, build_suite, chance_accuracy, suite_from_data
-from symbol_tuning.examples import GenerativeData, TextPair
-from symbol_tuning.generated import generated_classification
+from symbol_tuning.data.embedded.datasets import generated_classification
+from symbol_tuning.data.examples import GenerativeData, TextPair
+from symbol_tuning.data.prompts import build_eval_prompt
+from symbol_tuning.data.vocabularies import get_vocabulary
+from symbol_tuning.evaluation import checkpoint_loading as eval_checkpoints
+from symbol_tuning.evaluation import evaluator as evaluation
+from symbol_tuning.evaluation import reporting
+from symbol_tuning.evaluation.evaluator import EvalOptions
+from symbol_tuning.evaluation.suites import EvalDataset, GenerativeTask, build_suite, chance_accuracy, suite_from_data
 from symbol_tuning.models.decoder import DecoderConfig
 from symbol_tuning.models.decoder_model import model_from_config as decoder_model
 from symbol_tuning.models.native_io import save_native
 from symbol_tuning.models.safetensors_io import CheckpointMismatchError
 from symbol_tuning.models.t5 import T5Config
 from symbol_tuning.models.t5_model import model_from_config as t5_model
-from symbol_tuning.prompts import build_eval_prompt
-from symbol_tuning.train_state import TrainState
-from symbol_tuning.vocabularies import get_vocabulary
+from symbol_tuning.training.checkpoints import Checkpointer
+from symbol_tuning.training.train_state import TrainState
 
 MAX_LEN = 512
 OPTS = dict(k_per_class=1, max_input_length=MAX_LEN, min_prompt_bucket=MAX_LEN, batch_size=4, seed=3)
@@ -65,7 +68,7 @@ def t5():
 @pytest.fixture(scope="module")
 def t5_result(t5, suite):
     model, params = t5
-    return evaluation.evaluate(model, params, suite, vocabulary=get_vocabulary("bytes"), **OPTS)
+    return evaluation.evaluate(model, params, suite, vocabulary=get_vocabulary("bytes"), options=EvalOptions(**OPTS))
 
 
 def test_accuracy_average_and_chance_equal_numpy_recomputation_from_raw_scores(t5_result, suite):
@@ -131,8 +134,8 @@ def test_raw_scores_equal_causal_log_likelihoods_of_the_decoder_only_model(suite
     params = _params(model, seed=1)
     vocab = get_vocabulary("bytes")
     d = suite.datasets[1]
-    result = evaluation.evaluate(model, params, suite_from_data("one", [d]), vocabulary=vocab, settings=["neither"],
-                                 **OPTS)
+    result = evaluation.evaluate(model, params, suite_from_data("one", [d]), vocabulary=vocab,
+                                 options=EvalOptions(settings=["neither"], **OPTS))
     rows, starts, options, scores = [], [], [], []
     for record in result.records[:2]:
         prompt = build_eval_prompt(d.queries, d.exemplars, setting="neither", seed=3, index=record["index"],
@@ -166,7 +169,8 @@ def test_generation_is_scored_by_exact_match_after_stripping_whitespace():
     data = GenerativeData("echo", "eval", (TextPair("[1, 2]", " [1, 2] "), TextPair("abc", "abd"),
                                            TextPair("x y", "x y")))
     suite = suite_from_data("gen", generative=[GenerativeTask("echo", data, shots=0)])
-    result = evaluation.evaluate(_EchoModel(), {}, suite, vocabulary=get_vocabulary("bytes"), batch_size=2)
+    result = evaluation.evaluate(_EchoModel(), {}, suite, vocabulary=get_vocabulary("bytes"),
+                                 options=EvalOptions(batch_size=2))
     assert [r["correct"] for r in result.records] == [True, False, True]
     assert result.summary["generative"]["echo"] == pytest.approx(2 / 3)
 
@@ -184,7 +188,7 @@ class _NoComputeModel:
 def test_unknown_setting_and_dataset_fail_before_any_compute_naming_valid_ones(suite, shared_data):
     with pytest.raises(ValueError, match="unknown evaluation settings.*valid: instr_labels"):
         evaluation.evaluate(_NoComputeModel(), {}, suite, vocabulary=get_vocabulary("bytes"),
-                            settings=["instr_labels", "symbols_only"])
+                            options=EvalOptions(settings=["instr_labels", "symbols_only"]))
     with pytest.raises(ValueError, match="unknown datasets \\['subjj'\\]; valid: subj, tweet_eval_hate"):
         build_suite("paper", data_root=str(shared_data), datasets=["subjj"])
     with pytest.raises(ValueError, match="unknown suite 'papers'"):
@@ -192,7 +196,7 @@ def test_unknown_setting_and_dataset_fail_before_any_compute_naming_valid_ones(s
 
 
 def test_chance_row_is_the_mean_inverse_class_count_over_the_paper_specs():
-    from symbol_tuning.specs import EVAL_DATASETS
+    from symbol_tuning.data.specs import EVAL_DATASETS
 
     counts = {name: len(spec.label_names) for name, spec in EVAL_DATASETS.items()}
     hand = {"subj": 2, "tweet_eval_hate": 2, "tweet_eval_stance_abortion": 3, "tweet_eval_stance_atheism": 3,
@@ -243,13 +247,13 @@ def test_evaluate_all_checkpoints_skips_steps_with_results(tmp_path, suite, monk
     out = str(tmp_path / "eval")
     small = suite_from_data("small", [suite.datasets[0]])
     kwargs = dict(suite=small, vocabulary=get_vocabulary("bytes"), output_dir=out, model_config=T5_CFG,
-                  settings=["neither"], **OPTS)
-    eval_checkpoints.evaluate_all_checkpoints(str(tmp_path / "run"), steps=[1], **kwargs)
+                  options=EvalOptions(settings=["neither"], **OPTS))
+    evaluation.evaluate_all_checkpoints(str(tmp_path / "run"), steps=[1], **kwargs)
     assert reporting.step_done(out, 1) and not reporting.step_done(out, 2)
     loads = []
     real = eval_checkpoints.load_for_eval
     monkeypatch.setattr(eval_checkpoints, "load_for_eval", lambda *a, **k: loads.append(k["step"]) or real(*a, **k))
-    summaries = eval_checkpoints.evaluate_all_checkpoints(str(tmp_path / "run"), **kwargs)
+    summaries = evaluation.evaluate_all_checkpoints(str(tmp_path / "run"), **kwargs)
     assert loads == [2]
     assert sorted(summaries) == [1, 2] and reporting.step_done(out, 2)
     assert os.path.isfile(os.path.join(out, "accuracy_vs_step.png"))
@@ -258,7 +262,7 @@ def test_evaluate_all_checkpoints_skips_steps_with_results(tmp_path, suite, monk
 def test_make_eval_fn_returns_the_evaluate_summary_as_flat_metrics(t5, suite, t5_result, tmp_path):
     model, params = t5
     eval_fn = evaluation.make_eval_fn(model=model, suite=suite, vocabulary=get_vocabulary("bytes"),
-                                      output_dir=str(tmp_path), **OPTS)
+                                      output_dir=str(tmp_path), options=EvalOptions(**OPTS))
     metrics = eval_fn(params, 7)
     assert metrics["eval/neither/average"] == pytest.approx(t5_result.summary["average"]["neither"])
     assert metrics["eval/flipped/product_review"] == pytest.approx(
@@ -267,7 +271,7 @@ def test_make_eval_fn_returns_the_evaluate_summary_as_flat_metrics(t5, suite, t5
 
 
 def test_sharded_params_on_an_8_device_mesh_give_the_unsharded_scores(t5, t5_result, suite, tmp_path):
-    from symbol_tuning.partitioning import DEFAULT_RULES, MeshConfig, create_mesh
+    from symbol_tuning.training.partitioning import DEFAULT_RULES, MeshConfig, create_mesh
 
     model, params = t5
     save_native(T5_CFG, params, str(tmp_path / "native"))
@@ -277,7 +281,7 @@ def test_sharded_params_on_an_8_device_mesh_give_the_unsharded_scores(t5, t5_res
                for leaf in jax.tree_util.tree_leaves(loaded.params))
     one = suite_from_data("one", [suite.datasets[1]])
     sharded = evaluation.evaluate(loaded.model, loaded.params, one, vocabulary=get_vocabulary("bytes"),
-                                  settings=["neither"], mesh=mesh, **{**OPTS, "batch_size": 8})
+                                  options=EvalOptions(settings=["neither"], **{**OPTS, "batch_size": 8}), mesh=mesh)
     expected = [r for r in t5_result.records if r["dataset"] == "stance_on_cats" and r["setting"] == "neither"]
     assert len(sharded.records) == len(expected)
     for got, want in zip(sharded.records, expected):

@@ -4,8 +4,12 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from symbol_tuning.feature_converters import (ExampleTooLongError, count_fitting, pack_encoder_decoder,
-                                              pack_prefix_lm)
+from symbol_tuning.data.feature_converters import (
+    ExampleTooLongError,
+    count_fitting,
+    pack_encoder_decoder,
+    pack_prefix_lm,
+)
 
 tf.config.set_visible_devices([], "GPU")
 

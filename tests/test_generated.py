@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from symbol_tuning import generated as G
-from symbol_tuning.examples import ClassificationData, GenerativeData, texts_of
+from symbol_tuning.data.embedded import datasets as G
+from symbol_tuning.data.examples import ClassificationData, GenerativeData, texts_of
 
 ALL = G.TUNING_FAMILIES + G.EVAL_FAMILIES
 PAPER_TUNING_TYPES = ("nli", "sentiment", "paraphrase", "commonsense", "topic", "coreference", "misc")

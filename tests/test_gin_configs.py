@@ -12,8 +12,9 @@ import pytest
 import torch
 import transformers
 
-from symbol_tuning import gin_utils, partitioning, train  # noqa: F401 -- train registers the configurables
+from symbol_tuning import gin_utils, train  # noqa: F401 -- train registers the configurables
 from symbol_tuning.plan import _resolve
+from symbol_tuning.training import partitioning
 
 GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin_configs"
 REQUIRED = ["MODEL_DIR = '/tmp/unused'", "VOCABULARY = 'bytes'"]
@@ -122,7 +123,7 @@ def test_topology_file_mesh_fills_its_chips_and_splits_the_paper_batch(topology_
 @pytest.mark.parametrize("mixture_file", _files("mixtures"))
 def test_mixture_file_names_a_registered_mixture(mixture_file):
     import symbol_tuning.tasks  # noqa: F401 -- registers the mixtures
-    from symbol_tuning.task_registry import MixtureRegistry
+    from symbol_tuning.data.task_registry import MixtureRegistry
 
     _bind(["models/flan_t5_small.gin", "runs/symbol_tune.gin", mixture_file], REQUIRED)
     name = _query("train.mixture_or_task_name")

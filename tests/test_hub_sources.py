@@ -8,10 +8,10 @@ import datasets
 import numpy as np
 import pytest
 
-from symbol_tuning.hub_sources import load_classification, load_hf, load_tfds, seeded_subset
-from symbol_tuning.examples import Example
-from symbol_tuning.rows import DataError, FieldMapping
-from symbol_tuning.specs import DatasetSpec
+from symbol_tuning.data.examples import Example
+from symbol_tuning.data.rows import DataError, FieldMapping
+from symbol_tuning.data.sources.hub import load_classification, load_hf, load_tfds, seeded_subset
+from symbol_tuning.data.specs import DatasetSpec
 
 RTE_FEATURES = datasets.Features({"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=["entailment", "not_entailment"]),
@@ -61,7 +61,7 @@ def _hate_rows(n, *, bad=()):
             labels[i] = "spam"
         else:
             texts[i] = "   "
-    return [{"text": t, "label": l} for t, l in zip(texts, labels)]
+    return [{"text": t, "label": y} for t, y in zip(texts, labels)]
 
 
 def _write_jsonl(path, rows):

@@ -6,9 +6,9 @@ import logging
 import datasets
 import pytest
 
-from symbol_tuning.examples import TextPair
-from symbol_tuning.instruction_data import infer_format, load_instruction_data
-from symbol_tuning.rows import DataError
+from symbol_tuning.data.examples import TextPair
+from symbol_tuning.data.instruction_data import infer_format, load_instruction_data
+from symbol_tuning.data.rows import DataError
 
 PAIRS = [{"inputs": f"Translate to French: word {i}", "targets": f"mot {i}"} for i in range(6)]
 EXPECTED = [TextPair(p["inputs"], p["targets"]) for p in PAIRS]

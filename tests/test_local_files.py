@@ -4,9 +4,10 @@ import types
 
 import pytest
 
-from symbol_tuning.examples import Example
-from symbol_tuning.local_files import LocalSource, load_local, partition, read_records
-from symbol_tuning.rows import DataError, FieldMapping
+from symbol_tuning.data.examples import Example
+from symbol_tuning.data.rows import DataError, FieldMapping
+from symbol_tuning.data.sources.local_files import load_local, partition, read_records
+from symbol_tuning.data.sources.local_source import LocalSource
 
 TEXT = FieldMapping(text_fields=("text",), label_field="label")
 NLI = FieldMapping(text_fields=("premise", "hypothesis"), label_field="label", titles=("Premise", "Hypothesis"),
@@ -108,7 +109,7 @@ def test_spec_with_directory_reads_split_file_by_hf_split_name(tmp_path):
 
 
 def test_real_spec_reads_a_jsonl_export_of_the_hf_dataset_and_drops_unlabeled_rows(tmp_path):
-    from symbol_tuning.specs import get_spec
+    from symbol_tuning.data.specs import get_spec
 
     write(tmp_path, "train.jsonl", '{"sentence1": "A", "sentence2": "B", "label": 1, "idx": 0}\n'
                                    '{"sentence1": "C", "sentence2": "D", "label": -1, "idx": 1}\n'

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from symbol_tuning import losses, optimizers
+from symbol_tuning.training import losses, optimizers
 
 
 def np_log_softmax(logits):

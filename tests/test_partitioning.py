@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from symbol_tuning import partitioning as pt
+from symbol_tuning.training import partitioning as pt
 
 
 class Untouchable:

@@ -5,13 +5,19 @@ import json
 import numpy as np
 import pytest
 
-from symbol_tuning.decontamination import ContaminationError
-from symbol_tuning.examples import ClassificationData, Example
-from symbol_tuning.feature_converters import ExampleTooLongError
-from symbol_tuning.pipeline import BLOCK, BatchStream, MixtureSampler
-from symbol_tuning.task_registry import (MixtureRegistry, PromptTask, TaskRegistry, get_task_or_mixture,
-                                         register_eval_data, register_mixture)
-from symbol_tuning.vocabularies import ByteVocabulary
+from symbol_tuning.data.decontamination import ContaminationError
+from symbol_tuning.data.examples import ClassificationData, Example
+from symbol_tuning.data.feature_converters import ExampleTooLongError
+from symbol_tuning.data.pipeline import BLOCK, BatchStream, MixtureSampler
+from symbol_tuning.data.task_builders import register_mixture
+from symbol_tuning.data.task_registry import (
+    MixtureRegistry,
+    PromptTask,
+    TaskRegistry,
+    get_task_or_mixture,
+    register_eval_data,
+)
+from symbol_tuning.data.vocabularies import ByteVocabulary
 
 VOCAB = ByteVocabulary()
 

@@ -8,19 +8,20 @@ import time
 
 import pytest
 
-from symbol_tuning import plan as plan_lib
+from symbol_tuning import plan as plan_cli
 from symbol_tuning.models.decoder import DecoderConfig
 from symbol_tuning.models.decoder_model import model_from_config as decoder_model
 from symbol_tuning.models.t5 import T5Config
 from symbol_tuning.models.t5_model import model_from_config as t5_model
-from symbol_tuning.partitioning import MeshConfig
-from symbol_tuning.topologies import GiB, Topology
+from symbol_tuning.training import memory_plan as plan_lib
+from symbol_tuning.training.partitioning import MeshConfig
+from symbol_tuning.training.topologies import GiB, Topology
 
 PAPER = {"batch_size": 32, "feature_lengths": {"inputs": 2048, "targets": 512}}
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = plan_lib.main(list(argv))
+    code = plan_cli.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -173,7 +174,7 @@ def test_missing_or_broken_gin_file_fails_naming_it(capsys, tmp_path):
     code, _, err = _run(capsys, "--gin_file=models/no_such_model.gin")
     assert code == 2 and "no_such_model.gin" in err
     bad = tmp_path / "bad_topology.gin"
-    bad.write_text("import symbol_tuning.topologies\ntopologies.Topology.chips = 8\n")
+    bad.write_text("import symbol_tuning.training.topologies\ntopologies.Topology.chips = 8\n")
     code, _, err = _run(capsys, "--gin_file=models/flan_t5_small.gin", f"--gin_file={bad}",
                         "--gin_file=runs/symbol_tune.gin")
     assert code == 2 and "bad_topology.gin" in err and "chips" in err

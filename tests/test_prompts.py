@@ -7,11 +7,17 @@ import sys
 
 import pytest
 
-from symbol_tuning.examples import ClassificationData, Example, GenerativeData, TextPair
-from symbol_tuning.formats import FORMAT_NAMES, get_format
-from symbol_tuning.prompts import (SETTINGS, PromptTooLongError, build_eval_prompt, build_generative_prompt,
-                                   build_tuning_prompt, utf8_length)
-from symbol_tuning.symbols import get_pools
+from symbol_tuning.data.examples import ClassificationData, Example, GenerativeData, TextPair
+from symbol_tuning.data.formats import FORMAT_NAMES, get_format
+from symbol_tuning.data.prompts import (
+    SETTINGS,
+    PromptTooLongError,
+    build_eval_prompt,
+    build_generative_prompt,
+    build_tuning_prompt,
+    utf8_length,
+)
+from symbol_tuning.data.symbols import get_pools
 
 # (input prefix, text/label joiner + output prefix + space) written by hand, independent of formats.py.
 HAND_FORMATS = {
@@ -216,9 +222,9 @@ def test_eval_exemplars_never_include_the_query_when_drawn_from_the_same_split()
 
 
 def test_same_seed_and_index_give_identical_bytes_in_separate_processes():
-    code = "from symbol_tuning.examples import ClassificationData, Example\n" + inspect.getsource(make_data) + (
+    code = "from symbol_tuning.data.examples import ClassificationData, Example\n" + inspect.getsource(make_data) + (
         "import hashlib\n"
-        "from symbol_tuning.prompts import build_tuning_prompt, build_eval_prompt\n"
+        "from symbol_tuning.data.prompts import build_tuning_prompt, build_eval_prompt\n"
         "d = make_data('topics', 30, instruction='Pick one.')\n"
         "q = make_data('topics', 5, instruction='Pick one.', split='eval')\n"
         "ps = [build_tuning_prompt(d, seed=11, index=i) for i in range(20)]\n"

@@ -9,8 +9,8 @@ import dataclasses
 
 import pytest
 
-from symbol_tuning.local_files import load_local
-from symbol_tuning.local_layouts import local_source
+from symbol_tuning.data.sources.layouts import local_source
+from symbol_tuning.data.sources.local_files import load_local
 
 STANCE = ("none", "against", "favor")
 NLI3 = ("contradiction", "entailment", "neutral")
@@ -160,7 +160,7 @@ def test_directory_names_are_aliases_of_spec_names(shared_data):
 
 
 def test_local_split_labels_agree_with_the_dataset_specs(shared_data):
-    from symbol_tuning.specs import EVAL_DATASETS, TUNING_DATASETS
+    from symbol_tuning.data.specs import EVAL_DATASETS, TUNING_DATASETS
 
     checked = 0
     for name, spec in {**TUNING_DATASETS, **EVAL_DATASETS}.items():
@@ -184,7 +184,7 @@ def test_unknown_dataset_lists_the_known_layouts(shared_data):
 
 
 def test_spec_front_door_reads_the_raw_release_directory(shared_data):
-    from symbol_tuning.hub_sources import load_classification
+    from symbol_tuning.data.sources.hub import load_classification
 
     data = load_classification("subj", "eval", source="local", path=str(shared_data), max_examples=100, seed=3)
     assert (data.name, len(data.examples), data.label_names) == ("subj", 100, ("objective", "subjective"))

@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-from symbol_tuning.local_files import load_local
-from symbol_tuning.local_layouts import local_source
-from symbol_tuning.prompts import SETTINGS, build_eval_prompt, build_tuning_prompt
-from symbol_tuning.specs import EVAL_DATASETS, TUNING_DATASETS
-from symbol_tuning.symbols import get_pools
+from symbol_tuning.data.prompts import SETTINGS, build_eval_prompt, build_tuning_prompt
+from symbol_tuning.data.sources.layouts import local_source
+from symbol_tuning.data.sources.local_files import load_local
+from symbol_tuning.data.specs import EVAL_DATASETS
+from symbol_tuning.data.symbols import get_pools
 
 EVAL_NAMES = ["subj", "tweet_eval_hate", "tweet_eval_stance_abortion", "tweet_eval_stance_atheism",
               "tweet_eval_stance_feminist", "tweet_eval_stance_hillary", "raft_overruling",
@@ -90,9 +90,9 @@ def test_real_data_prompts_are_byte_identical_in_another_process(shared_data):
             for i in range(3)]
     code = (
         "import sys\n"
-        "from symbol_tuning.local_files import load_local\n"
-        "from symbol_tuning.local_layouts import local_source\n"
-        "from symbol_tuning.prompts import build_eval_prompt\n"
+        "from symbol_tuning.data.sources.local_files import load_local\n"
+        "from symbol_tuning.data.sources.layouts import local_source\n"
+        "from symbol_tuning.data.prompts import build_eval_prompt\n"
         f"root = {str(shared_data)!r}\n"
         "q = load_local(source=local_source('tweet_eval_hate', root, 'eval'), split='eval')\n"
         "t = load_local(source=local_source('tweet_eval_hate', root, 'train'), split='train')\n"

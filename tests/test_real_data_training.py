@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from symbol_tuning import train
-from symbol_tuning.decontamination import ContaminationError
-from symbol_tuning.pipeline import BatchStream
-from symbol_tuning.vocabularies import ByteVocabulary
+from symbol_tuning.data.decontamination import ContaminationError
+from symbol_tuning.data.pipeline import BatchStream
+from symbol_tuning.data.vocabularies import ByteVocabulary
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from symbol_tuning import reporting
+from symbol_tuning.evaluation import reporting
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SUMMARY = {"accuracy": {"instr_labels": {"subj": 0.75, "hate": 0.5}, "flipped": {"subj": 0.25, "hate": 0.5}},

@@ -10,10 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from symbol_tuning import optimizers, partitioning
-from symbol_tuning.checkpoints import Checkpointer
 from symbol_tuning.train import build_model
-from symbol_tuning.train_state import abstract_train_state
+from symbol_tuning.training import optimizers, partitioning
+from symbol_tuning.training.checkpoints import Checkpointer
+from symbol_tuning.training.train_state import abstract_train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 6

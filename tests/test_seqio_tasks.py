@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import symbol_tuning.tasks  # noqa: F401
-from symbol_tuning import generated
-from symbol_tuning.pipeline import BatchStream
-from symbol_tuning.task_registry import MixtureRegistry, TaskRegistry
-from symbol_tuning.vocabularies import ByteVocabulary
+from symbol_tuning.data.embedded import datasets as generated
+from symbol_tuning.data.pipeline import BatchStream
+from symbol_tuning.data.task_registry import MixtureRegistry, TaskRegistry
+from symbol_tuning.data.vocabularies import ByteVocabulary
 from tasks import evaluation, tuning
 
 LENGTHS = {"inputs": 2048, "targets": 512}
@@ -20,7 +20,7 @@ LENGTHS = {"inputs": 2048, "targets": 512}
 def bridge():
     import seqio
 
-    from symbol_tuning import seqio_bridge
+    from symbol_tuning.data import seqio_bridge
     return seqio, seqio_bridge
 
 
@@ -43,12 +43,13 @@ def test_every_paper_task_and_mixture_name_is_registered():
 def test_importing_tasks_reads_no_data_and_is_fast():
     code = textwrap.dedent("""
         import time
-        import symbol_tuning.generated, symbol_tuning.hub_sources as h, symbol_tuning.instruction_data as i
-        import symbol_tuning.prompts, symbol_tuning.decontamination
+        import symbol_tuning.data.embedded.datasets
+        import symbol_tuning.data.sources.hub as h, symbol_tuning.data.instruction_data as i
+        import symbol_tuning.data.prompts, symbol_tuning.data.decontamination
         def boom(*a, **k):
             raise AssertionError("data read at import")
         h.load_classification = i.load_instruction_data = boom
-        symbol_tuning.generated.generated_classification = boom
+        symbol_tuning.data.embedded.datasets.generated_classification = boom
         t = time.perf_counter()
         import symbol_tuning.tasks
         print(time.perf_counter() - t)
@@ -122,7 +123,7 @@ def test_hf_tokenizer_adapter_tokenizes_in_tf_exactly_like_our_vocabulary(bridge
     import tensorflow as tf
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from symbol_tuning.vocabularies import HFTokenizerVocabulary
+    from symbol_tuning.data.vocabularies import HFTokenizerVocabulary
     _, sb = bridge
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -141,8 +142,8 @@ def test_hf_tokenizer_adapter_tokenizes_in_tf_exactly_like_our_vocabulary(bridge
 
 def test_register_mixture_appears_in_seqio_with_the_same_rates(bridge):
     seqio, sb = bridge
-    from symbol_tuning.examples import ClassificationData, Example
-    from symbol_tuning.task_registry import register_mixture
+    from symbol_tuning.data.examples import ClassificationData, Example
+    from symbol_tuning.data.task_builders import register_mixture
     data = ClassificationData("seqio_toy", "train", tuple(Example(f"text {i}", i % 2) for i in range(20)), ("a", "b"))
     register_mixture("seqio_toy_mix", datasets=[data], symbol_rate=0.25, instruction_task="instructions:gen",
                      overwrite=True, to_seqio=True)

@@ -1,12 +1,12 @@
 """Dataset specs: the paper's 22 + 11 datasets, their hub facts, label orders and the user registry."""
-import csv
 import collections
+import csv
 
 import pytest
 
-from symbol_tuning import specs
-from symbol_tuning.rows import FieldMapping, label_index, make_examples
-from symbol_tuning.specs import EVAL_DATASETS, TUNING_DATASETS, DatasetSpec, get_spec, register_spec
+from symbol_tuning.data import specs
+from symbol_tuning.data.rows import FieldMapping, label_index, make_examples
+from symbol_tuning.data.specs import EVAL_DATASETS, TUNING_DATASETS, DatasetSpec, get_spec, register_spec
 
 PAPER_INSTRUCTIONS = {  # typed from DESIGN.md, section 1
     "subj": "Is the following sentence subjective or objective?",

@@ -7,8 +7,9 @@ import sys
 import jax.numpy as jnp
 import pytest
 
-from symbol_tuning import reporting, sweep
-from symbol_tuning.eval_checkpoints import LoadedModel
+from symbol_tuning import sweep
+from symbol_tuning.evaluation import reporting
+from symbol_tuning.evaluation.checkpoint_loading import LoadedModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

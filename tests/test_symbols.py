@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import wordfreq
 
-from symbol_tuning.symbols import (KINDS, SymbolPools, check_disjoint, column_name, get_pools,
-                                   sample_label_symbols)
+from symbol_tuning.data.symbols import KINDS, SymbolPools, check_disjoint, column_name, get_pools, sample_label_symbols
 
 
 def _column_number(name: str) -> int:

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from symbol_tuning import optimizers
-from symbol_tuning import partitioning as pt
-from symbol_tuning import train_state as ts
 from symbol_tuning.models import decoder, decoder_model, t5, t5_model
+from symbol_tuning.training import optimizers
+from symbol_tuning.training import partitioning as pt
+from symbol_tuning.training import train_state as ts
+from symbol_tuning.training.train_step import StepOptions, make_eval_step, make_train_step
 
 VOCAB = 256
 STEPS = 20
@@ -75,10 +76,10 @@ def train(family, mesh_shape, *, steps, batches, num_microbatches=1, z_loss=0.0,
     if check_first_loss:
         logits = jax.jit(model.compute_logits)(state.params, batches[0])
         first_loss = np_loss(logits, batches[0])
-    step_fn = ts.make_train_step(model=model, optimizer=optimizer, state_shardings=shardings, batch_shardings=None,
-                                 mesh=mesh, rules=pt.DEFAULT_RULES, num_microbatches=num_microbatches,
-                                 z_loss=z_loss, loss_normalizing_factor="num_real_target_tokens", dropout=False,
-                                 learning_rate_fn=1e-3)
+    options = StepOptions(num_microbatches=num_microbatches, z_loss=z_loss,
+                          loss_normalizing_factor="num_real_target_tokens", dropout=False)
+    step_fn = make_train_step(model=model, optimizer=optimizer, state_shardings=shardings, batch_shardings=None,
+                              mesh=mesh, rules=pt.DEFAULT_RULES, options=options, learning_rate_fn=1e-3)
     history = []
     for i in range(steps):
         state, metrics = step_fn(state, pt.make_global_batch(batches[i % len(batches)], mesh))
@@ -192,8 +193,9 @@ def test_init_params_are_placed_into_shardings_and_eval_step_matches_numpy():
     jax.tree_util.tree_map(lambda got, want: np.testing.assert_array_equal(np.asarray(got), want),
                            state.params, host_params)
     jax.tree_util.tree_map(lambda got, want: assert_same_sharding(got, want), state.params, shardings.params)
-    eval_step = ts.make_eval_step(model=model, state_shardings=shardings, batch_shardings=None, mesh=mesh,
-                                  rules=pt.DEFAULT_RULES, loss_normalizing_factor="num_real_target_tokens")
+    eval_step = make_eval_step(model=model, state_shardings=shardings, batch_shardings=None, mesh=mesh,
+                               rules=pt.DEFAULT_RULES,
+                               options=StepOptions(loss_normalizing_factor="num_real_target_tokens"))
     metrics = eval_step(state, pt.make_global_batch(batch, mesh))
     logits = jax.jit(model.compute_logits)(host_params, batch)
     np.testing.assert_allclose(float(metrics["loss"]), np_loss(logits, batch), rtol=1e-5)
@@ -234,8 +236,9 @@ def test_microbatches_that_do_not_split_over_the_batch_devices_are_rejected_at_t
     shapes = {name: value.shape for name, value in batch.items()}
     abstract = ts.abstract_train_state(model=model, optimizer=optimizer, input_shapes=shapes, mesh=mesh,
                                        rules=pt.DEFAULT_RULES)
-    step_fn = ts.make_train_step(model=model, optimizer=optimizer, state_shardings=ts.state_shardings(abstract),
-                                 batch_shardings=None, mesh=mesh, rules=pt.DEFAULT_RULES, num_microbatches=2)
+    step_fn = make_train_step(model=model, optimizer=optimizer, state_shardings=ts.state_shardings(abstract),
+                              batch_shardings=None, mesh=mesh, rules=pt.DEFAULT_RULES,
+                              options=StepOptions(num_microbatches=2))
     batch_structs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
     with pytest.raises(ValueError, match=r"batch size 4 is not divisible by num_microbatches=2 x 4 devices"):
         with jax.set_mesh(mesh), nn.logical_axis_rules(pt.DEFAULT_RULES):

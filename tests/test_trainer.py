@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from symbol_tuning import optimizers, partitioning, trainer
-from symbol_tuning.checkpoints import Checkpointer
 from symbol_tuning.models.decoder import DecoderConfig
 from symbol_tuning.models.decoder_model import model_from_config
-from symbol_tuning.train_state import abstract_train_state
+from symbol_tuning.training import optimizers, partitioning, trainer
+from symbol_tuning.training.checkpoints import Checkpointer
+from symbol_tuning.training.train_state import abstract_train_state
+from symbol_tuning.training.train_step import StepOptions
 
 BATCH, LENGTH = 8, 32
 
@@ -58,14 +59,14 @@ def _setup():
     return model, mesh, lr, optimizer
 
 
-def _train(model_dir, stream, steps, **overrides):
+def _train(model_dir, stream, steps, eval_fn=None, **overrides):
     model, mesh, lr, optimizer = _setup()
-    kwargs = dict(model=model, model_dir=str(model_dir), train_stream=stream, steps=steps, optimizer=optimizer,
-                  learning_rate_fn=lr, mesh=mesh, rules=partitioning.DEFAULT_RULES,
-                  input_shapes={"decoder_input_tokens": (BATCH, LENGTH)}, checkpoint_every=10, keep_checkpoints=3,
-                  log_every=1, loss_normalizing_factor="num_real_target_tokens")
-    kwargs.update(overrides)
-    return trainer.train(**kwargs)
+    loop = dict(steps=steps, checkpoint_every=10, keep_checkpoints=3, log_every=1)
+    loop.update(overrides)
+    return trainer.train(model=model, model_dir=str(model_dir), train_stream=stream, optimizer=optimizer,
+                         learning_rate_fn=lr, mesh=mesh, rules=partitioning.DEFAULT_RULES,
+                         input_shapes={"decoder_input_tokens": (BATCH, LENGTH)}, options=trainer.LoopOptions(**loop),
+                         step_options=StepOptions(loss_normalizing_factor="num_real_target_tokens"), eval_fn=eval_fn)
 
 
 def _tfrecords(path):

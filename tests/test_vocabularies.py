@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from symbol_tuning import vocabularies as V
+from symbol_tuning.data import vocabularies as V
 
 TEXTS = [
     "Hello, world!",
@@ -39,7 +39,7 @@ def spm_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     d = tmp_path_factory.mktemp("hf")
     tok = Tokenizer(models.BPE(unk_token="<unk>"))

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from symbol_tuning.models.base import Batch, BaseModel, Params
+from symbol_tuning.models.base import BaseModel, Batch, Params
 from symbol_tuning.models.decoder import DecoderConfig, DecoderLM
 from symbol_tuning.models.layers import make_attention_mask
 

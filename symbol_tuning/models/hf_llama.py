@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import flax.linen as nn
 import numpy as np
 from flax import traverse_util
-import flax.linen as nn
 
 from symbol_tuning.models.decoder import DecoderConfig
-from symbol_tuning.models.safetensors_io import (check_tensors, load_tensors, read_hf_config, refuse_pickles,
-                                                 write_hf_checkpoint)
+from symbol_tuning.models.safetensors_io import (
+    check_tensors,
+    load_tensors,
+    read_hf_config,
+    refuse_pickles,
+    write_hf_checkpoint,
+)
 
 IGNORED = ("rotary_emb.inv_freq",)
 Array = np.ndarray

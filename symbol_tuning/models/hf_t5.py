@@ -14,8 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from symbol_tuning.models.safetensors_io import (CheckpointMismatchError, check_tensors, load_tensors, read_hf_config,
-                                                 refuse_pickles, write_hf_checkpoint)
+from symbol_tuning.models.safetensors_io import (
+    CheckpointMismatchError,
+    check_tensors,
+    load_tensors,
+    read_hf_config,
+    refuse_pickles,
+    write_hf_checkpoint,
+)
 from symbol_tuning.models.t5 import T5Config
 
 Array = np.ndarray

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from symbol_tuning.models.base import Batch, BaseModel, Params
+from symbol_tuning.models.base import BaseModel, Batch, Params
 from symbol_tuning.models.layers import make_attention_mask
 from symbol_tuning.models.t5 import T5Config, T5Transformer
 

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 from typing import Any, Iterable, Mapping, Sequence
 
-from symbol_tuning.examples import Example
+from symbol_tuning.data.examples import Example
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ def label_index(raw: Any, *, label_names: Sequence[str], label_map: Mapping[str,
     key = str(raw).strip()
     if key in label_names:
         return list(label_names).index(key)
-    raise DataError(f"{dataset}: {where}: label {key!r} in field {field!r} is not in the label set {tuple(label_names)}")
+    raise DataError(f"{dataset}: {where}: label {key!r} in field {field!r} is not in the label set "
+                    f"{tuple(label_names)}")
 
 
 def make_examples(rows: Iterable[tuple[str, Mapping[str, Any]]], *, dataset: str, mapping: FieldMapping,

@@ -22,9 +22,8 @@ tf.config.set_visible_devices([], "GPU")
 
 import seqio  # noqa: E402
 
-from symbol_tuning import vocabularies as ours  # noqa: E402
-from symbol_tuning.task_registry import (Mixture, MixtureRegistry, PromptTask, TaskRegistry,  # noqa: E402
-                                         add_listener)
+from symbol_tuning.data import vocabularies as ours  # noqa: E402
+from symbol_tuning.data.task_registry import Mixture, MixtureRegistry, PromptTask, TaskRegistry, add_listener  # noqa: E402
 
 _DEFAULT = {"vocabulary": ours.ByteVocabulary()}
 

@@ -17,9 +17,9 @@ from typing import Any, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from symbol_tuning.examples import ClassificationData
-from symbol_tuning.rows import DataError, FieldMapping, make_examples
-from symbol_tuning.specs import DatasetSpec, all_specs, get_spec
+from symbol_tuning.data.examples import ClassificationData
+from symbol_tuning.data.rows import DataError, FieldMapping, make_examples
+from symbol_tuning.data.specs import DatasetSpec, all_specs, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def load_classification(spec_or_name: DatasetSpec | str, split: str, *, source: 
                         data_dir: str | None = None, skip_bad_rows: bool = False, max_examples: int | None = None,
                         seed: int = 0) -> ClassificationData:
     """One front door: source "hf" (hub, or a local HF dataset at `path`), "tfds" (builder data in
-    `data_dir`) or "local" (JSONL/CSV/TSV/text files at `path`, via symbol_tuning.local_files)."""
+    `data_dir`) or "local" (JSONL/CSV/TSV/text files at `path`, via symbol_tuning.data.sources.local_files)."""
     spec = _spec(spec_or_name)
     if source == "hf":
         return load_hf(spec, split, path=path, skip_bad_rows=skip_bad_rows, max_examples=max_examples, seed=seed)
@@ -248,7 +248,7 @@ def load_classification(spec_or_name: DatasetSpec | str, split: str, *, source: 
     if source == "local":
         if path is None:
             raise ValueError(f"{spec.name}: source='local' needs a path")
-        from symbol_tuning import local_files
+        from symbol_tuning.data.sources import local_files
 
         return local_files.load_local(spec=spec, split=split, path=path, skip_bad_rows=skip_bad_rows,
                                       max_examples=max_examples, seed=seed)

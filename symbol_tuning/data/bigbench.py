@@ -20,8 +20,8 @@ import os
 import re
 from typing import Any, Sequence
 
-from symbol_tuning.examples import GenerativeData, TextPair
-from symbol_tuning.rows import DataError
+from symbol_tuning.data.examples import GenerativeData, TextPair
+from symbol_tuning.data.rows import DataError
 
 _CONCEPT = re.compile(r"^c\d{3}$")
 TURING_SUBSETS = ("witness_set", "additional_set_1", "additional_set_2")

@@ -17,9 +17,13 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
+from symbol_tuning.models.safetensors_io import CheckpointMismatchError
+
 log = logging.getLogger(__name__)
+STATE_ITEM, DATA_ITEM = "state", "data"
 
 
 class Checkpointer:
@@ -30,7 +34,7 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(save_interval_steps=save_interval_steps, max_to_keep=max_to_keep,
                                                enable_async_checkpointing=async_save, create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE_ITEM, DATA_ITEM))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -77,3 +81,39 @@ def _gather_host_states(data_state: dict) -> list[str]:
     padded[:raw.size] = raw
     gathered = multihost_utils.process_allgather(padded)
     return [bytes(row[:int(n)]).decode("utf-8") for row, n in zip(gathered, np.ravel(lengths))]
+
+
+def finished_steps(directory: str) -> list[int]:
+    """Finished steps of a training directory: numeric subdirectories holding a state item (Orbax writes a
+    step under a temporary name and renames it when complete)."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory}: checkpoint directory does not exist")
+    return sorted(int(d) for d in os.listdir(directory)
+                  if d.isdigit() and os.path.isdir(os.path.join(directory, d, STATE_ITEM)))
+
+
+def _state_dir(directory: str, step: int) -> str:
+    return os.path.join(directory, str(step), STATE_ITEM)
+
+
+def saved_params_metadata(directory: str, step: int) -> dict[str, Any]:
+    """'/'-joined parameter path -> array metadata (.shape, .dtype) of the params saved at `step`, read
+    without loading any array."""
+    state_dir = _state_dir(directory, step)
+    tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata
+    tree = getattr(tree, "tree", tree)
+    if "params" not in tree:
+        raise CheckpointMismatchError(f"{state_dir}: the saved state has no 'params' item (has {sorted(tree)})")
+    return traverse_util.flatten_dict(dict(tree["params"]), sep="/")
+
+
+def restore_params(directory: str, step: int, abstract_params: dict[str, jax.ShapeDtypeStruct]) -> Any:
+    """Only the params of the state saved at `step`, as the nested tree of `abstract_params` ('/'-joined
+    path -> ShapeDtypeStruct carrying the target sharding)."""
+    restore_args = {k: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype)
+                    for k, a in abstract_params.items()}
+    item = {"params": traverse_util.unflatten_dict(abstract_params, sep="/")}
+    args = {"params": traverse_util.unflatten_dict(restore_args, sep="/")}
+    restored = ocp.PyTreeCheckpointer().restore(
+        _state_dir(directory, step), args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True))
+    return restored["params"]

@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any, Iterator, Mapping, Sequence
 
-from symbol_tuning.rows import DataError
+from symbol_tuning.data.rows import DataError
 
 FORMATS = ("jsonl", "json", "csv", "tsv", "lines", "regex")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",

@@ -24,16 +24,41 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from symbol_tuning import metrics as metrics_lib
-from symbol_tuning.checkpoints import Checkpointer
 from symbol_tuning.models.base import BaseModel
-from symbol_tuning.partitioning import Rules, batch_sharding, make_global_batch
-from symbol_tuning.train_state import TrainState, abstract_train_state, create_train_state, make_train_step
+from symbol_tuning.training import metrics as metrics_lib
+from symbol_tuning.training.checkpoints import Checkpointer
+from symbol_tuning.training.partitioning import Rules, batch_sharding, make_global_batch
+from symbol_tuning.training.train_state import TrainState, abstract_train_state, create_train_state
+from symbol_tuning.training.train_step import StepFn, StepOptions, make_train_step
 
 log = logging.getLogger(__name__)
 
 EvalFn = Callable[[Any, int], "Mapping[str, float] | None"]
-StepFn = Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Mapping[str, jax.Array]]]
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """How the loop runs: `steps` total updates, a checkpoint every `checkpoint_every` steps keeping the last
+    `keep_checkpoints`, metrics every `log_every` steps, `eval_fn` every `eval_every` steps, `seed` for the
+    initial parameters and dropout, asynchronous saves, and the FLOPs per token MFU is computed from
+    (estimated from the model config when None)."""
+
+    steps: int
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    eval_every: int | None = None
+    seed: int = 0
+    async_checkpoints: bool = True
+    flops_per_token: float | None = None
+
+    def __post_init__(self):
+        for name in ("steps", "checkpoint_every", "log_every", "keep_checkpoints"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"train: {name}={value!r} must be a positive integer")
+        if self.eval_every is not None and (not isinstance(self.eval_every, int) or self.eval_every < 1):
+            raise ValueError(f"train: eval_every={self.eval_every!r} must be a positive integer")
 
 
 class ResumableStream(Protocol):
@@ -131,27 +156,21 @@ def _first_bad(pending: list[tuple[int, Mapping[str, jax.Array]]]) -> tuple[list
     return fetched, None
 
 
-def train(*, model: BaseModel, model_dir: str, train_stream: ResumableStream, steps: int,
-          optimizer: optax.GradientTransformation, learning_rate_fn: float | optax.Schedule, mesh: Mesh,
-          rules: Rules, input_shapes: Mapping[str, tuple[int, ...]], checkpoint_every: int, keep_checkpoints: int,
-          log_every: int, init_params: Any = None, num_microbatches: int = 1, z_loss: float = 0.0, seed: int = 0,
-          eval_fn: EvalFn | None = None, eval_every: int | None = None, loss_normalizing_factor: Any = None,
-          flops_per_token: float | None = None, async_checkpoints: bool = True,
-          step_fn: StepFn | None = None) -> TrainResult:
-    """Train to `steps` total updates in `model_dir`, resuming from its latest complete checkpoint.
+def train(*, model: BaseModel, model_dir: str, train_stream: ResumableStream, optimizer: optax.GradientTransformation,
+          mesh: Mesh, rules: Rules, input_shapes: Mapping[str, tuple[int, ...]], options: LoopOptions,
+          step_options: StepOptions = StepOptions(), learning_rate_fn: float | optax.Schedule | None = None,
+          init_params: Any = None, eval_fn: EvalFn | None = None, step_fn: StepFn | None = None) -> TrainResult:
+    """Train to `options.steps` total updates in `model_dir`, resuming from its latest complete checkpoint.
 
     `input_shapes` are global batch shapes ({feature: (global_batch, length)}) that build the state and
     that every batch is checked against; each host's stream yields its 1/process_count share of the rows,
-    and all of a batch's features go to the step. `eval_fn(params, step)` runs every `eval_every` steps
-    and may return scalars, which are logged under "eval/". `step_fn` replaces the jitted train step
-    (same contract as train_state.make_train_step's). Raises FloatingPointError naming the step on a NaN/inf loss.
+    and all of a batch's features go to the step, built from `step_options` (`learning_rate_fn` is only
+    logged). `eval_fn(params, step)` runs every `options.eval_every` steps and may return scalars, which
+    are logged under "eval/". `step_fn` replaces the jitted train step (same contract as
+    train_step.make_train_step's). Raises FloatingPointError naming the step on a NaN/inf loss.
     """
-    for name, value in dict(steps=steps, checkpoint_every=checkpoint_every, log_every=log_every,
-                            keep_checkpoints=keep_checkpoints).items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"train: {name}={value!r} must be a positive integer")
-    if eval_fn is not None and (not isinstance(eval_every, int) or eval_every < 1):
-        raise ValueError(f"train: eval_every={eval_every!r} must be a positive integer when eval_fn is given")
+    if eval_fn is not None and options.eval_every is None:
+        raise ValueError("train: eval_every=None must be a positive integer when eval_fn is given")
     hosts = jax.process_count()
     local_shapes = {}
     for name, shape in input_shapes.items():
@@ -159,8 +178,8 @@ def train(*, model: BaseModel, model_dir: str, train_stream: ResumableStream, st
             raise ValueError(f"input_shapes[{name!r}]: global batch {shape[0]} is not divisible by {hosts} hosts")
         local_shapes[name] = (shape[0] // hosts,) + tuple(shape[1:])
 
-    checkpointer = Checkpointer(model_dir, save_interval_steps=checkpoint_every, max_to_keep=keep_checkpoints,
-                                async_save=async_checkpoints)
+    checkpointer = Checkpointer(model_dir, save_interval_steps=options.checkpoint_every,
+                                max_to_keep=options.keep_checkpoints, async_save=options.async_checkpoints)
     writer = metrics_lib.MetricsWriter(model_dir)
     try:
         latest = checkpointer.latest_step()
@@ -172,26 +191,26 @@ def train(*, model: BaseModel, model_dir: str, train_stream: ResumableStream, st
             shardings = jax.tree_util.tree_map(lambda x: x.sharding, abstract)
             log.info("resumed %s at step %d", model_dir, latest)
         else:
-            state, shardings = create_train_state(model=model, optimizer=optimizer, rng=jax.random.PRNGKey(seed),
+            state, shardings = create_train_state(model=model, optimizer=optimizer,
+                                                  rng=jax.random.PRNGKey(options.seed),
                                                   input_shapes=input_shapes, mesh=mesh, rules=rules,
                                                   init_params=init_params)
         start = int(jax.device_get(state.step))
         if step_fn is None:
             step_fn = make_train_step(model=model, optimizer=optimizer, state_shardings=shardings,
                                       batch_shardings=batch_sharding(mesh), mesh=mesh, rules=rules,
-                                      num_microbatches=num_microbatches, z_loss=z_loss,
-                                      loss_normalizing_factor=loss_normalizing_factor,
-                                      learning_rate_fn=learning_rate_fn)
+                                      options=step_options, learning_rate_fn=learning_rate_fn)
+        flops_per_token = options.flops_per_token
         if flops_per_token is None:
             num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
             length = max(s[1] for s in input_shapes.values() if len(s) > 1)
             flops_per_token = estimate_flops_per_token(model, num_params, length)
         loop = _Loop(checkpointer=checkpointer, writer=writer, stream=train_stream, step_fn=step_fn, mesh=mesh,
-                     local_shapes=local_shapes, input_shapes=input_shapes, log_every=log_every,
-                     checkpoint_every=checkpoint_every, eval_fn=eval_fn, eval_every=eval_every,
+                     local_shapes=local_shapes, input_shapes=input_shapes, log_every=options.log_every,
+                     checkpoint_every=options.checkpoint_every, eval_fn=eval_fn, eval_every=options.eval_every,
                      flops_per_token=flops_per_token, last_saved=latest)
         with _PreemptionFlag() as flag:
-            state, preempted = loop.run(state, start, steps, flag)
+            state, preempted = loop.run(state, start, options.steps, flag)
         checkpointer.wait_until_finished()
         return TrainResult(state=state, step=int(jax.device_get(state.step)), preempted=preempted,
                            resumed_from=latest, last_metrics=loop.last_metrics,

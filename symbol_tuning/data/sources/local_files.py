@@ -1,6 +1,6 @@
 """A user's own classification data from local files (JSONL, JSON, CSV, TSV, plain lines, regex lines).
 
-The parsers (local_readers.py) yield `(where, record)` pairs with `where` = "<file>:<line>" and the
+The parsers (readers.py) yield `(where, record)` pairs with `where` = "<file>:<line>" and the
 records become `Example`s through `rows.make_examples`, so a bad row is reported (or, with
 `skip_bad_rows=True`, dropped and counted) exactly like a bad row from the hub.
 
@@ -9,72 +9,22 @@ Layouts: one file; "parallel" (a text file and a labels file read in lock step, 
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from symbol_tuning.examples import ClassificationData, Example
-from symbol_tuning.local_readers import FORMATS, BadRow, bad_row, decoded_lines, infer_format, read_records
-from symbol_tuning.rows import DataError, FieldMapping, make_examples
+from symbol_tuning.data.examples import ClassificationData, Example
+from symbol_tuning.data.rows import DataError, FieldMapping, make_examples
+from symbol_tuning.data.sources.local_source import LocalSource
+from symbol_tuning.data.sources.readers import FORMATS, BadRow, bad_row, decoded_lines, infer_format, read_records
 
 _TEXT_LABEL = FieldMapping(text_fields=("text",), label_field="label")
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMATS", "BadRow", "LocalSource", "infer_format", "load_local", "partition", "read_records",
+__all__ = ["FORMATS", "BadRow", "infer_format", "load_local", "partition", "read_records",
            "source_rows", "subset"]
-
-
-@dataclasses.dataclass(frozen=True)
-class LocalSource:
-    """Where a local classification dataset lives on disk and how to read it.
-
-    files: one path; a {label: path} dict (per_label_files: the label comes from the file, given as a
-    label name or index); or a (text_path, labels_path) tuple (parallel). regex may be a {label: regex}
-    dict for per_label_files. dedupe drops later rows whose text repeats an earlier one (first wins).
-    Known defects of a real file, each handled only where a layout asks and counted in a log line:
-    drop_empty drops rows whose text fields are all blank; fill_empty puts a filler into blank
-    optional fields of multi-field rows; strip_replacement_chars removes U+FFFD characters that the
-    file itself already holds (bytes lost upstream).
-    part: None, or "train" / "eval" to take a deterministic stratified partition of the rows:
-    `train_fraction` of each label's rows (rounded up, order fixed by a seed-0 permutation) are
-    "train", the rest "eval"; used where a dataset ships one pool of labelled rows (SUBJ, RAFT).
-    holdout: sources whose texts are removed from this one (a train split minus any text of the
-    held-out files, since real releases repeat some texts across their official splits).
-    unlabeled: raw label values meaning "no gold label" (a spec's GLUE -1); such rows are dropped.
-    """
-
-    files: str | Mapping[str, str] | tuple[str, str]
-    label_names: tuple[str, ...]
-    name: str
-    file_format: str | None = None
-    mapping: FieldMapping | None = None
-    columns: tuple[str, ...] | None = None
-    has_header: bool = True
-    regex: str | Mapping[str, str] | None = None
-    encoding: str = "utf-8"
-    delimiter: str | None = None
-    quoting: bool | None = None
-    dedupe: bool = False
-    drop_empty: bool = False
-    fill_empty: str | None = None
-    strip_replacement_chars: bool = False
-    part: str | None = None
-    train_fraction: float = 0.8
-    holdout: tuple["LocalSource", ...] = ()
-    unlabeled: tuple[str, ...] = ()
-    instruction: str | None = None
-
-    @property
-    def layout(self) -> str:
-        """"single", "parallel" or "per_label_files", from the type of `files`."""
-        if isinstance(self.files, Mapping):
-            return "per_label_files"
-        if isinstance(self.files, tuple):
-            return "parallel"
-        return "single"
 
 
 def _parallel_rows(source: LocalSource, strict: bool):
@@ -203,10 +153,10 @@ def _spec_source(spec: Any, split: str, path: str) -> LocalSource:
     except FileNotFoundError:
         if not os.path.isdir(path):
             raise
-        from symbol_tuning import local_layouts  # lazy: layouts of raw releases (shared/data style)
+        from symbol_tuning.data.sources import layouts  # lazy: layouts of raw releases (shared/data style)
 
         try:
-            return local_layouts.local_source(spec.name, path, split)
+            return layouts.local_source(spec.name, path, split)
         except KeyError:
             raise FileNotFoundError(f"{spec.name}: no data file for split {split!r} in {path} and no known "
                                     f"raw layout for {spec.name!r}") from None
@@ -222,7 +172,7 @@ def load_local(*, spec: Any = None, split: str, path: str | None = None, source:
     With `source`, read that LocalSource. With a DatasetSpec and `path` (a file, or a directory holding
     <split>.jsonl/.json/.csv/.tsv), read it with the spec's HF column names and labels, so a JSONL
     export of the HF dataset loads as is; a directory without such files is read as a raw release
-    laid out like shared/data (see local_layouts). Over max_examples: a seeded subset in file order.
+    laid out like shared/data (see sources.layouts). Over max_examples: a seeded subset in file order.
     """
     if source is None:
         if spec is None or path is None:

@@ -18,9 +18,9 @@ from typing import Callable
 
 import numpy as np
 
-from symbol_tuning.examples import ClassificationData, GenerativeData
-from symbol_tuning.formats import BLOCK_SEPARATOR, FORMATS, PromptFormat, get_format
-from symbol_tuning.symbols import SymbolPools, sample_label_symbols, symbols_from_uniforms
+from symbol_tuning.data.examples import ClassificationData, GenerativeData
+from symbol_tuning.data.formats import BLOCK_SEPARATOR, FORMATS, PromptFormat, get_format
+from symbol_tuning.data.symbols import SymbolPools, sample_label_symbols, symbols_from_uniforms
 
 SETTINGS = ("instr_labels", "labels_only", "instr_only", "neither")
 INSTRUCTION_SETTINGS = ("instr_labels", "instr_only")
@@ -378,7 +378,7 @@ def build_generative_prompt(data: GenerativeData, *, seed: int, index: int, shot
                             fmt: str | None = "Input:/Output:") -> Prompt:
     """A few-shot prompt for an open-ended task: `shots` other examples, then the query; one option.
 
-    `fmt` names a format from `symbol_tuning.formats.FORMAT_NAMES`; None draws one per prompt.
+    `fmt` names a format from `symbol_tuning.data.formats.FORMAT_NAMES`; None draws one per prompt.
     """
     if not 0 <= index < len(data.examples):
         raise IndexError(f"dataset {data.name!r} split {data.split!r}: index {index} out of range for "

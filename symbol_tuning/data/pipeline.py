@@ -8,36 +8,51 @@ them greedily into rows in that order (see feature_converters), so a batch is a 
 the host's positions and `state()` is the next position plus the per-task counts at its block
 start: restoring it resumes exactly, in O(1).
 
-Tokenisation: encoder-decoder rows get EOS after inputs and after targets (T5 / SeqIO
-append_eos); decoder-only rows get BOS (when the vocabulary has one) before the inputs and EOS
-after the targets.
+Tokenisation follows the family's token layout (token_layout: EOS after encoder inputs, BOS before a
+decoder's inputs when the vocabulary has one, EOS after every target).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping
+import dataclasses
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from symbol_tuning import feature_converters as fc
-from symbol_tuning.prompts import stable_hash, utf8_length
-from symbol_tuning.task_registry import (Mixture, MixtureRegistry, PromptBudget, PromptTask,  # noqa: F401
-                                         TaskRegistry, get_task_or_mixture, register_mixture)
-
-__all__ = ["BLOCK", "BatchStream", "Mixture", "MixtureRegistry", "MixtureSampler", "PromptTask", "TaskRegistry",
-           "get_task_or_mixture", "register_mixture"]
+from symbol_tuning.data import feature_converters as fc
+from symbol_tuning.data.prompts import stable_hash
+from symbol_tuning.data.task_registry import Mixture, PromptBudget, PromptTask, get_task_or_mixture
+from symbol_tuning.data.token_layout import FAMILIES, token_layout, token_length_fn
 
 BLOCK = 4096
-FAMILIES = ("encoder_decoder", "decoder_only")
 
 
-def token_length_fn(vocabulary) -> Callable[[str], int]:
-    """A text's length in the vocabulary's tokens: UTF-8 bytes for the byte vocabulary (exact and
-    fast), the encoded length otherwise."""
-    from symbol_tuning.vocabularies import ByteVocabulary
+@dataclasses.dataclass(frozen=True)
+class InputOptions:
+    """A training run's input: the global `batch_size` (rows per step, split evenly over hosts), the
+    feature lengths, the vocabulary spec (vocabularies.get_vocabulary) and whether rows are packed.
+    The train command and the memory planner both read their defaults from here."""
 
-    if isinstance(vocabulary, ByteVocabulary):
-        return utf8_length
-    return lambda text: len(vocabulary.encode(text))
+    batch_size: int = 8
+    inputs_length: int = 256
+    targets_length: int = 32
+    vocabulary: str = "bytes"
+    pack: bool = True
+
+    @classmethod
+    def create(cls, *, feature_lengths: Mapping[str, int] | None = None, **fields: Any) -> "InputOptions":
+        """From a T5X-style feature_lengths dict ({"inputs": n, "targets": m}; None keeps the defaults)."""
+        if feature_lengths is not None:
+            lengths = dict(feature_lengths)
+            if set(lengths) != {"inputs", "targets"} or min(lengths.values()) <= 0:
+                raise ValueError(f"feature_lengths must give positive 'inputs' and 'targets' lengths, got {lengths}")
+            fields.update(inputs_length=int(lengths["inputs"]), targets_length=int(lengths["targets"]))
+        return cls(**fields)
+
+    @property
+    def feature_lengths(self) -> dict[str, int]:
+        return {"inputs": self.inputs_length, "targets": self.targets_length}
+
+
 _STATE_VERSION = 1
 
 
@@ -115,8 +130,8 @@ class BatchStream:
     """Numpy batches of a task or mixture for one host: deterministic, sharded and resumable.
 
     `batch_size` is per host. Decoder-only rows hold inputs + targets, so they are
-    feature_lengths["inputs"] + feature_lengths["targets"] long. `num_epochs` (single finite tasks only) ends the stream after that
-    many passes; the last batch is padded with empty rows.
+    feature_lengths["inputs"] + feature_lengths["targets"] long. `num_epochs` (single finite tasks only) ends
+    the stream after that many passes; the last batch is padded with empty rows.
     """
 
     def __init__(self, name: str, *, vocabulary, feature_lengths: Mapping[str, int] | None = None,
@@ -144,14 +159,15 @@ class BatchStream:
         self._position = self.shard_index
         self._peek: tuple[int, Any] | None = None
         self.sampler.seek(self._position)
-        self._bos = vocabulary.bos_id if model_family == "decoder_only" else None
-        self._eos = np.asarray([vocabulary.eos_id], dtype=np.int32)
+        layout = token_layout(model_family, vocabulary)
+        self._input_prefix = np.asarray(layout.input_prefix, dtype=np.int32)
+        self._input_suffix = np.asarray(layout.input_suffix, dtype=np.int32)
+        self._target_suffix = np.asarray(layout.target_suffix, dtype=np.int32)
         if model_family == "encoder_decoder":
             self._caps = (lengths["inputs"], lengths["targets"])
         else:
             self._caps = (lengths["inputs"] + lengths["targets"],)
-        specials = 1 if (model_family == "encoder_decoder" or self._bos is not None) else 0
-        self.budget = PromptBudget(max_input_length=lengths["inputs"] - specials,
+        self.budget = PromptBudget(max_input_length=lengths["inputs"] - layout.reserved,
                                    length_fn=token_length_fn(vocabulary))
 
     # -- examples -------------------------------------------------------------------------------
@@ -161,14 +177,10 @@ class BatchStream:
         return task.example(index, self.seed, self.budget)
 
     def tokenize(self, example: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs, targets) token arrays with EOS (and BOS for decoder-only) as this stream adds them."""
+        """(inputs, targets) token arrays with the family's special tokens (token_layout)."""
         enc = self.vocabulary.encode_np
-        inputs = enc(example["inputs"])
-        if self.model_family == "encoder_decoder":
-            inputs = np.concatenate([inputs, self._eos])
-        elif self._bos is not None:
-            inputs = np.concatenate([np.asarray([self._bos], np.int32), inputs])
-        targets = np.concatenate([enc(example["targets"]), self._eos])
+        inputs = np.concatenate([self._input_prefix, enc(example["inputs"]), self._input_suffix])
+        targets = np.concatenate([enc(example["targets"]), self._target_suffix])
         return inputs.astype(np.int32, copy=False), targets.astype(np.int32, copy=False)
 
     def _lengths(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[int, ...]:

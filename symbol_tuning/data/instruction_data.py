@@ -4,7 +4,7 @@ Symbol data is mixed with instruction data (e.g. a Flan collection export) durin
 turns any such source into `GenerativeData` of `TextPair`s. Every row is checked: a missing or empty
 inputs/targets field raises `DataError` naming the file and line (jsonl/csv/tsv), record (json) or row
 (parquet, HF datasets); with `skip_bad_rows=True` bad rows are dropped and counted in one warning.
-A cap keeps a seeded random subset (see `hub_sources.seeded_subset`).
+A cap keeps a seeded random subset (see `sources.hub.seeded_subset`).
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import logging
 import os
 from typing import Any, Iterator, Mapping
 
-from symbol_tuning.examples import GenerativeData, TextPair
-from symbol_tuning.hub_sources import seeded_subset
-from symbol_tuning.rows import DataError, _text
+from symbol_tuning.data.examples import GenerativeData, TextPair
+from symbol_tuning.data.rows import DataError, _text
+from symbol_tuning.data.sources.hub import seeded_subset
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import re
 import types
 from typing import Iterable, Mapping
 
-from symbol_tuning.rows import FieldMapping
+from symbol_tuning.data.rows import FieldMapping
 
 ROLES = ("tuning", "evaluation")
 TUNING_TASK_TYPES = ("nli", "sentiment", "paraphrase", "commonsense", "topic", "coreference", "misc")
@@ -143,7 +143,7 @@ def _tuning(name: str, task_type: str, hf_path: str, hf_config: str | None, fiel
     """A tuning spec; labels[i] = (natural name, other spellings...) of class i."""
     mapping = label_mapping(fields, label_field, titles=titles, raw_names=labels, first_index=first_index)
     return DatasetSpec(name=name, role="tuning", task_type=task_type, hf_path=hf_path, hf_config=hf_config,
-                       splits=splits or _DEV, mapping=mapping, label_names=tuple(l[0] for l in labels),
+                       splits=splits or _DEV, mapping=mapping, label_names=tuple(pair[0] for pair in labels),
                        tfds_name=tfds_name, unlabeled=unlabeled)
 
 
@@ -153,7 +153,7 @@ def _eval(name: str, task_type: str, hf_path: str, hf_config: str | None, fields
           unlabeled: tuple[str, ...] = ()) -> DatasetSpec:
     mapping = label_mapping(fields, label_field, titles=titles, raw_names=labels, first_index=first_index)
     return DatasetSpec(name=name, role="evaluation", task_type=task_type, hf_path=hf_path, hf_config=hf_config,
-                       splits=splits or _TEST, mapping=mapping, label_names=tuple(l[0] for l in labels),
+                       splits=splits or _TEST, mapping=mapping, label_names=tuple(pair[0] for pair in labels),
                        instruction=instruction, max_examples=EVAL_MAX_EXAMPLES, unlabeled=unlabeled)
 
 

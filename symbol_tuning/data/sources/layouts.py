@@ -47,8 +47,8 @@ import json
 import os
 from typing import Callable
 
-from symbol_tuning.local_files import LocalSource
-from symbol_tuning.rows import FieldMapping
+from symbol_tuning.data.rows import FieldMapping
+from symbol_tuning.data.sources.local_source import LocalSource
 
 SPLITS = ("train", "eval", "validation", "test")
 _TEXT = FieldMapping(text_fields=("text",), label_field="label")
@@ -339,7 +339,7 @@ def local_source(name: str, root: str, split: str) -> LocalSource:
 
 def _instruction(key: str) -> str | None:
     """The paper's instruction from the dataset spec of the same (or the RAFT copy's) name, if any."""
-    from symbol_tuning import specs  # lazy: specs is optional for reading files
+    from symbol_tuning.data import specs  # lazy: specs is optional for reading files
 
     for candidate in (key, f"raft_{key}"):
         try:

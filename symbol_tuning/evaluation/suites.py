@@ -2,9 +2,9 @@
 
 Built-in suites:
 - "paper": the paper's 11 held-out datasets (specs.EVAL_DATASETS), from the raw files under a data root
-  (`source="local"`, layouts in local_layouts), from local HF copies or the HF hub (`source="hf"`).
+  (`source="local"`, layouts in data.sources.layouts), from local HF copies or the HF hub (`source="hf"`).
   Queries are split "eval" (at most 100 each), exemplars split "train".
-- "embedded": the held-out families of our generated data (symbol_tuning.generated.EVAL_FAMILIES).
+- "embedded": the held-out families of our generated data (symbol_tuning.data.embedded.datasets.EVAL_FAMILIES).
 - "bigbench": BIG-Bench list_functions (LIST_FUNCTIONS_CONCEPTS, 4-shot) and simp_turing_concept
   (the subset in TURING_SUBSETS, whose inputs already hold their exemplars), scored by exact match.
 
@@ -16,13 +16,13 @@ import dataclasses
 import os
 from typing import Sequence
 
-from symbol_tuning.examples import ClassificationData, GenerativeData
+from symbol_tuning.data.examples import ClassificationData, GenerativeData
 
 SUITES = ("paper", "embedded", "bigbench")
 PAPER_SOURCES = ("local", "hf", "tfds")
 
 # The paper keeps the 20 list_functions concepts with the highest human accuracy, but the staged task.json
-# files carry no human scores (see symbol_tuning.bigbench), so the exact list is not in the data. We chose
+# files carry no human scores (see symbol_tuning.data.bigbench), so the exact list is not in the data. We chose
 # the 20 single-step, unconditional functions (fixed appends / prepends, one-element picks, reversal, sum,
 # max, length, ...): in the list-functions human study such simple rules are the ones people solve best.
 # Pass `concepts=` to use another list.
@@ -99,7 +99,7 @@ def _cap(data: ClassificationData, max_queries: int | None) -> ClassificationDat
 
 
 def paper_dataset_names() -> list[str]:
-    from symbol_tuning.specs import EVAL_DATASETS
+    from symbol_tuning.data.specs import EVAL_DATASETS
     return list(EVAL_DATASETS)
 
 
@@ -115,15 +115,15 @@ def _paper(*, data_root: str | None, source: str, datasets: Sequence[str] | None
     out = []
     for name in names:
         if source == "local":
-            from symbol_tuning.local_files import load_local
-            from symbol_tuning.local_layouts import local_source
-            from symbol_tuning.specs import EVAL_MAX_EXAMPLES
+            from symbol_tuning.data.sources.layouts import local_source
+            from symbol_tuning.data.sources.local_files import load_local
+            from symbol_tuning.data.specs import EVAL_MAX_EXAMPLES
 
             queries = load_local(source=local_source(name, data_root, "eval"), split="eval",
                                  max_examples=EVAL_MAX_EXAMPLES, seed=seed)
             exemplars = load_local(source=local_source(name, data_root, "train"), split="train")
         else:
-            from symbol_tuning.hub_sources import load_classification
+            from symbol_tuning.data.sources.hub import load_classification
 
             path = os.path.join(data_root, name) if data_root else None
             kwargs = {"path": path} if source == "hf" else {"data_dir": data_root}
@@ -139,7 +139,7 @@ def _family_name(family) -> str:
 
 def _embedded(*, datasets: Sequence[str] | None, max_queries: int | None, seed: int,
               num_exemplars: int = 64) -> EvalSuite:
-    from symbol_tuning import generated
+    from symbol_tuning.data.embedded import datasets as generated
 
     known = [_family_name(f) for f in generated.EVAL_FAMILIES]
     names = _pick(datasets, known, "embedded")
@@ -159,7 +159,7 @@ def bigbench_task_names(concepts: Sequence[str] = LIST_FUNCTIONS_CONCEPTS,
 
 def _bigbench(*, data_root: str | None, datasets: Sequence[str] | None, max_queries: int | None,
               concepts: Sequence[str] | None) -> EvalSuite:
-    from symbol_tuning.bigbench import list_functions_tasks, simple_turing_concept_tasks
+    from symbol_tuning.data.bigbench import list_functions_tasks, simple_turing_concept_tasks
 
     concepts = tuple(concepts) if concepts is not None else LIST_FUNCTIONS_CONCEPTS
     names = _pick(datasets, bigbench_task_names(concepts), "bigbench")

@@ -64,12 +64,12 @@ def assign_rows(lengths: np.ndarray, capacities: Sequence[int], *, pack: bool = 
     offs = offsets.tolist()
     for i in range(n):
         li = lens[i]
-        if i and any(f + l > c for f, l, c in zip(fill, li, caps)):
+        if i and any(f + n > c for f, n, c in zip(fill, li, caps)):
             row += 1
             fill = [0] * len(caps)
         rows_list[i] = row
         offs[i] = list(fill)
-        fill = [f + l for f, l in zip(fill, li)]
+        fill = [f + n for f, n in zip(fill, li)]
     return np.asarray(rows_list, dtype=np.int64), np.asarray(offs, dtype=np.int64).reshape(n, len(caps))
 
 

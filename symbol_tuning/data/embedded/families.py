@@ -3,7 +3,7 @@ the text (a lexicon word, a number's property, a count, an order), each with nat
 instruction. They stand in for the paper's 22 tuning and 11 evaluation datasets in the laptop demo.
 
 A family's `generate(rng, label)` writes a text whose label is `label`, so callers balance classes
-exactly. This module holds the tuning families and the text helpers; `symbol_tuning.generated` holds
+exactly. This module holds the tuning families and the text helpers; `symbol_tuning.data.embedded.datasets` holds
 the held-out evaluation families and turns families into datasets.
 """
 from __future__ import annotations

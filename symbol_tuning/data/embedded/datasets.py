@@ -1,6 +1,6 @@
 """The embedded default data (no download): generated classification datasets and instruction data.
 
-Tuning families live in `generated_families`; the held-out evaluation families are defined here.
+Tuning families live in `embedded.families`; the held-out evaluation families are defined here.
 They resemble the tuning families in kind (sentiment in another domain, other topics, other number
 rules) but share no name, instruction or text with them. Every example is a pure function of
 (family, split, seed, index), so datasets are deterministic and resumable. A family's texts are
@@ -16,9 +16,20 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from symbol_tuning.examples import ClassificationData, Example, GenerativeData, TextPair
-from symbol_tuning.generated_families import (NAMES, NAMES_M, TUNING_FAMILIES, TaskFamily, clock, phrases, pick,
-                                              randint, register, sample, words)
+from symbol_tuning.data.embedded.families import (
+    NAMES,
+    NAMES_M,
+    TUNING_FAMILIES,
+    TaskFamily,
+    clock,
+    phrases,
+    pick,
+    randint,
+    register,
+    sample,
+    words,
+)
+from symbol_tuning.data.examples import ClassificationData, Example, GenerativeData, TextPair
 
 __all__ = ["TaskFamily", "TUNING_FAMILIES", "EVAL_FAMILIES", "SPLITS", "get_family", "generate_example",
            "generated_classification", "generated_instruction_data"]

@@ -11,8 +11,8 @@ import re
 import string
 from typing import Iterable, Sequence
 
-from symbol_tuning.examples import ClassificationData, GenerativeData, texts_of
-from symbol_tuning.specs import DatasetSpec, all_specs
+from symbol_tuning.data.examples import ClassificationData, GenerativeData, texts_of
+from symbol_tuning.data.specs import DatasetSpec, all_specs
 
 Data = ClassificationData | GenerativeData
 _SPACES = re.compile(r"\s+")

@@ -1,0 +1,1 @@
+"""The embedded default data (no download): generated task families and the datasets built from them."""

@@ -1,0 +1,148 @@
+"""The tasks and mixtures the project builds on the registry: symbol-tuning, evaluation and instruction
+tasks over datasets, and `register_mixture`, the one-call helper that builds a symbol-tuning mixture from
+datasets and an instruction task, refusing evaluation data."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+from symbol_tuning.data.examples import ClassificationData, GenerativeData
+from symbol_tuning.data.task_registry import (
+    Mixture,
+    MixtureRegistry,
+    PromptBudget,
+    PromptTask,
+    TaskRegistry,
+    registered_eval_data,
+)
+
+# Symbol-tuning prompts leave room for EOS (and BOS for decoder-only vocabularies) in a 2048 row.
+DEFAULT_MAX_INPUT_LENGTH = 2046
+
+
+def _prompt_dict(prompt) -> dict[str, Any]:
+    return {"inputs": prompt.inputs, "targets": prompt.targets, "options": tuple(prompt.options),
+            "answer": int(prompt.answer), "dataset": prompt.dataset, "index": int(prompt.index)}
+
+
+def _limits(budget: PromptBudget | None, default_max: int) -> dict[str, Any]:
+    """Prompt-builder keywords for a budget (the task's own default length when none is given)."""
+    if budget is None:
+        return {"max_input_length": default_max}
+    out: dict[str, Any] = {"max_input_length": budget.max_input_length}
+    if budget.length_fn is not None:
+        out["length_fn"] = budget.length_fn
+    return out
+
+
+def symbol_task(name: str, loader: Callable[[], ClassificationData], *, num_examples: int | None = None,
+                max_input_length: int = DEFAULT_MAX_INPUT_LENGTH, check_eval: bool = True) -> PromptTask:
+    """A symbol-tuning task over the data `loader` returns (called once, on first use)."""
+    from symbol_tuning.data.prompts import build_tuning_prompt
+
+    @functools.lru_cache(maxsize=1)
+    def data() -> ClassificationData:
+        loaded = loader()
+        if check_eval:
+            from symbol_tuning.data.decontamination import check_no_overlap
+            check_no_overlap([loaded], registered_eval_data())
+        return loaded
+
+    def fn(index: int, seed: int, budget: PromptBudget | None = None) -> dict:
+        return _prompt_dict(build_tuning_prompt(data(), seed=seed, index=index, **_limits(budget, max_input_length)))
+
+    return PromptTask(name, num_examples, fn, "symbol", size_fn=lambda: len(data().examples))
+
+
+def eval_task(name: str, query_loader: Callable[[], ClassificationData],
+              exemplar_loader: Callable[[], ClassificationData], *, setting: str, flipped: bool = False,
+              k_per_class: int = 4, num_examples: int | None = None,
+              max_input_length: int = DEFAULT_MAX_INPUT_LENGTH) -> PromptTask:
+    """An evaluation task: query example `index` (no wrapping past one epoch) in one of prompts.SETTINGS."""
+    from symbol_tuning.data.prompts import build_eval_prompt
+
+    query = functools.lru_cache(maxsize=1)(query_loader)
+    exemplars = functools.lru_cache(maxsize=1)(exemplar_loader)
+
+    def fn(index: int, seed: int, budget: PromptBudget | None = None) -> dict:
+        size = len(query().examples)
+        if index >= size:
+            raise IndexError(f"eval task {name!r}: index {index} is past its {size} examples")
+        out = _prompt_dict(build_eval_prompt(query(), exemplars(), setting=setting, seed=seed, index=index,
+                                             k_per_class=k_per_class, flipped=flipped,
+                                             **_limits(budget, max_input_length)))
+        out["setting"] = setting + (":flipped" if flipped else "")
+        return out
+
+    return PromptTask(name, num_examples, fn, "eval", size_fn=lambda: len(query().examples),
+                      metadata={"setting": setting, "flipped": flipped})
+
+
+def instruction_task(name: str, loader: Callable[[], GenerativeData], *, num_examples: int | None = None
+                     ) -> PromptTask:
+    """An instruction-tuning task: example `index % N` of the data `loader` returns, as is."""
+    data = functools.lru_cache(maxsize=1)(loader)
+
+    def fn(index: int, seed: int, budget: PromptBudget | None = None) -> dict:
+        examples = data().examples
+        pair = examples[index % len(examples)]
+        return {"inputs": pair.inputs, "targets": pair.targets, "options": (pair.targets,), "answer": 0,
+                "dataset": data().name, "index": int(index)}
+
+    return PromptTask(name, num_examples, fn, "instruction", size_fn=lambda: len(data().examples))
+
+
+def register_mixture(name: str, *, datasets: Sequence[str | ClassificationData], symbol_rate: float,
+                     instruction_task: str | None, split: str = "train", source: str = "hf",
+                     max_input_length: int = DEFAULT_MAX_INPUT_LENGTH, overwrite: bool = False,
+                     to_seqio: bool = False) -> Mixture:
+    """Register a symbol-tuning mixture: one symbol task per dataset (equal rates) mixed with the
+    instruction task so that symbol data is `symbol_rate` of the stream.
+
+    Dataset names are tuning specs loaded lazily with `sources.hub.load_classification(split,
+    source)`; ClassificationData is used as is. Evaluation datasets are refused by name and, for
+    in-memory data, by text overlap with registered evaluation data. The mixture also appears in
+    SeqIO once `symbol_tuning.data.seqio_bridge` is imported (it mirrors our registry); `to_seqio=True`
+    imports it now (TensorFlow import: seconds).
+    """
+    from symbol_tuning.data.decontamination import assert_tuning_names_allowed, check_no_overlap
+
+    if not 0 <= symbol_rate <= 1:
+        raise ValueError(f"mixture {name!r}: symbol_rate must be in [0, 1], got {symbol_rate}")
+    if symbol_rate > 0 and not datasets:
+        raise ValueError(f"mixture {name!r}: symbol_rate {symbol_rate} needs at least one dataset")
+    if symbol_rate < 1 and instruction_task is None:
+        raise ValueError(f"mixture {name!r}: symbol_rate {symbol_rate} < 1 needs an instruction_task")
+    if instruction_task is not None and symbol_rate < 1:
+        TaskRegistry.get(instruction_task)
+    if not overwrite and name in MixtureRegistry.names():
+        raise ValueError(f"mixture {name!r} is already registered (pass overwrite=True to replace it)")
+    names = [d if isinstance(d, str) else d.name for d in datasets]
+    assert_tuning_names_allowed(names)
+    in_memory = [d for d in datasets if isinstance(d, ClassificationData)]
+    if in_memory:
+        check_no_overlap(in_memory, registered_eval_data())
+    entries: list[tuple[str, float]] = []
+    for d in datasets:
+        task_name = f"symbol_tuning:{d if isinstance(d, str) else d.name}"
+        if task_name not in TaskRegistry.names():
+            if isinstance(d, str):
+                TaskRegistry.add(symbol_task(task_name, functools.partial(_load_spec, d, split, source),
+                                             max_input_length=max_input_length))
+            else:
+                TaskRegistry.add(symbol_task(task_name, functools.partial(lambda x: x, d),
+                                             num_examples=len(d.examples), max_input_length=max_input_length,
+                                             check_eval=False))
+        if symbol_rate > 0:
+            entries.append((task_name, symbol_rate / len(datasets)))
+    if instruction_task is not None and symbol_rate < 1:
+        entries.append((instruction_task, 1.0 - symbol_rate))
+    mixture = MixtureRegistry.add(name, entries, overwrite=overwrite)
+    if to_seqio:
+        import symbol_tuning.data.seqio_bridge  # noqa: F401  (mirrors the registry into SeqIO)
+    return mixture
+
+
+def _load_spec(name: str, split: str, source: str) -> ClassificationData:
+    from symbol_tuning.data.sources.hub import load_classification
+    return load_classification(name, split, source=source)

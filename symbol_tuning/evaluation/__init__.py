@@ -1,0 +1,1 @@
+"""Evaluation: suites, scoring and the evaluator, loading checkpoints for evaluation, and reports."""
