@@ -26,6 +26,14 @@ from symbol_tuning.data.token_layout import FAMILIES, token_layout, token_length
 BLOCK = 4096
 
 
+def checked_feature_lengths(feature_lengths: Mapping[str, int]) -> dict[str, int]:
+    """A T5X-style {"inputs": n, "targets": m} dict; ValueError unless it gives exactly those, positive."""
+    lengths = dict(feature_lengths)
+    if set(lengths) != {"inputs", "targets"} or min(lengths.values()) <= 0:
+        raise ValueError(f"feature_lengths must give positive 'inputs' and 'targets' lengths, got {lengths}")
+    return lengths
+
+
 @dataclasses.dataclass(frozen=True)
 class InputOptions:
     """A training run's input: the global `batch_size` (rows per step, split evenly over hosts), the
@@ -42,9 +50,7 @@ class InputOptions:
     def create(cls, *, feature_lengths: Mapping[str, int] | None = None, **fields: Any) -> "InputOptions":
         """From a T5X-style feature_lengths dict ({"inputs": n, "targets": m}; None keeps the defaults)."""
         if feature_lengths is not None:
-            lengths = dict(feature_lengths)
-            if set(lengths) != {"inputs", "targets"} or min(lengths.values()) <= 0:
-                raise ValueError(f"feature_lengths must give positive 'inputs' and 'targets' lengths, got {lengths}")
+            lengths = checked_feature_lengths(feature_lengths)
             fields.update(inputs_length=int(lengths["inputs"]), targets_length=int(lengths["targets"]))
         return cls(**fields)
 
@@ -144,9 +150,7 @@ class BatchStream:
             raise ValueError(f"shard_index {shard_index} is outside 0..{num_shards - 1} (num_shards={num_shards})")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        lengths = dict(feature_lengths or {"inputs": 2048, "targets": 512})
-        if set(lengths) != {"inputs", "targets"} or min(lengths.values()) <= 0:
-            raise ValueError(f"feature_lengths must give positive 'inputs' and 'targets' lengths, got {lengths}")
+        lengths = checked_feature_lengths(feature_lengths or {"inputs": 2048, "targets": 512})
         self.name, self.vocabulary, self.feature_lengths = name, vocabulary, lengths
         self.batch_size, self.model_family, self.pack, self.seed = int(batch_size), model_family, pack, int(seed)
         self.shard_index, self.num_shards, self.truncate_targets = int(shard_index), int(num_shards), truncate_targets

@@ -96,6 +96,25 @@ def _batches(n: int, batch_size: int):
         yield start, min(start + batch_size, n)
 
 
+def _length_groups(prompt_ids: Sequence[Sequence[int]], min_prompt_bucket: int) -> dict[int, list[int]]:
+    """Prompt indices by power-of-two padded length, so a whole suite compiles a few shapes only."""
+    groups: dict[int, list[int]] = {}
+    for i, row in enumerate(prompt_ids):
+        groups.setdefault(bucket(len(row), min_prompt_bucket), []).append(i)
+    return groups
+
+
+def _prompt_batches(prompt_ids: Sequence[Sequence[int]], groups: Mapping[int, list[int]], batch_size: int):
+    """(real prompt indices, all row indices, padded prompts [B, Lp], lengths [B]) per batch; a short last
+    batch of a group repeats its first prompt so every call has `batch_size` rows."""
+    for lp, members in sorted(groups.items()):
+        for start, stop in _batches(len(members), batch_size):
+            real = members[start:stop]
+            rows = real + [real[0]] * (batch_size - len(real))
+            yield (real, rows, _pad([prompt_ids[i] for i in rows], lp),
+                   np.asarray([len(prompt_ids[i]) for i in rows], np.int32))
+
+
 def score_prompts(model: BaseModel, params: Any, prompt_ids: Sequence[Sequence[int]],
                   option_ids: Sequence[Sequence[Sequence[int]]], *, batch_size: int = 8, mesh=None,
                   min_prompt_bucket: int = MIN_PROMPT_BUCKET) -> list[np.ndarray]:
@@ -109,27 +128,20 @@ def score_prompts(model: BaseModel, params: Any, prompt_ids: Sequence[Sequence[i
     k = max(len(opts) for opts in option_ids)
     lo = bucket(max(len(o) for opts in option_ids for o in opts), MIN_OPTION_BUCKET)
     fn = _jitted(model, "score")
-    groups: dict[int, list[int]] = {}
-    for i, row in enumerate(prompt_ids):
-        groups.setdefault(bucket(len(row), min_prompt_bucket), []).append(i)
+    groups = _length_groups(prompt_ids, min_prompt_bucket)
     out: list[np.ndarray | None] = [None] * len(prompt_ids)
     progress = Progress(sum(-(-len(m) // batch_size) for m in groups.values()), desc="eval")
-    for lp, members in sorted(groups.items()):
-        for start, stop in _batches(len(members), batch_size):
-            rows = members[start:stop] + [members[start]] * (batch_size - (stop - start))
-            prompts = _pad([prompt_ids[i] for i in rows], lp)
-            lengths = np.asarray([len(prompt_ids[i]) for i in rows], np.int32)
-            options = np.stack([_pad(list(option_ids[i]) + [[]] * (k - len(option_ids[i])), lo) for i in rows])
-            option_lengths = np.asarray([[len(o) for o in option_ids[i]] + [0] * (k - len(option_ids[i]))
-                                         for i in rows], np.int32)
-            batch = _run_global({"p": prompts, "pl": lengths, "o": options, "ol": option_lengths}, mesh)
-            scores = _to_host(fn(params, batch["p"], batch["pl"], batch["o"], batch["ol"]))
-            for j, i in enumerate(members[start:stop]):
-                out[i] = scores[j, :len(option_ids[i])].astype(np.float32)
-            progress.update(1)
+    for real, rows, prompts, lengths in _prompt_batches(prompt_ids, groups, batch_size):
+        options = np.stack([_pad(list(option_ids[i]) + [[]] * (k - len(option_ids[i])), lo) for i in rows])
+        option_lengths = np.asarray([[len(o) for o in option_ids[i]] + [0] * (k - len(option_ids[i]))
+                                     for i in rows], np.int32)
+        batch = _run_global({"p": prompts, "pl": lengths, "o": options, "ol": option_lengths}, mesh)
+        scores = _to_host(fn(params, batch["p"], batch["pl"], batch["o"], batch["ol"]))
+        for j, i in enumerate(real):
+            out[i] = scores[j, :len(option_ids[i])].astype(np.float32)
+        progress.update(1)
     progress.close()
     return out  # type: ignore[return-value]
-
 
 
 def decode_prompts(model: BaseModel, params: Any, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -137,16 +149,11 @@ def decode_prompts(model: BaseModel, params: Any, prompt_ids: Sequence[Sequence[
                    min_prompt_bucket: int = MIN_PROMPT_BUCKET) -> list[np.ndarray]:
     """Greedy KV-cache continuations ([max_new_tokens] tokens per prompt), prompts bucketed by length."""
     fn = _jitted(model, "decode")
-    groups: dict[int, list[int]] = {}
-    for i, row in enumerate(prompt_ids):
-        groups.setdefault(bucket(len(row), min_prompt_bucket), []).append(i)
     out: list[np.ndarray | None] = [None] * len(prompt_ids)
-    for lp, members in sorted(groups.items()):
-        for start, stop in _batches(len(members), batch_size):
-            rows = members[start:stop] + [members[start]] * (batch_size - (stop - start))
-            batch = _run_global({"p": _pad([prompt_ids[i] for i in rows], lp),
-                                 "pl": np.asarray([len(prompt_ids[i]) for i in rows], np.int32)}, mesh)
-            tokens = _to_host(fn(params, batch["p"], batch["pl"], max_new_tokens=max_new_tokens, eos_id=eos_id))
-            for j, i in enumerate(members[start:stop]):
-                out[i] = tokens[j]
+    groups = _length_groups(prompt_ids, min_prompt_bucket)
+    for real, _, prompts, lengths in _prompt_batches(prompt_ids, groups, batch_size):
+        batch = _run_global({"p": prompts, "pl": lengths}, mesh)
+        tokens = _to_host(fn(params, batch["p"], batch["pl"], max_new_tokens=max_new_tokens, eos_id=eos_id))
+        for j, i in enumerate(real):
+            out[i] = tokens[j]
     return out  # type: ignore[return-value]
