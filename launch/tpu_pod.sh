@@ -9,16 +9,20 @@
 #   launch/tpu_pod.sh logs | stop | delete --name=... --zone=...
 #
 # Every command accepts --dry-run, which prints the exact gcloud commands instead of running them.
-# jax.distributed.initialize() finds the coordinator by itself on TPU VMs, so every worker runs the
-# identical command (a pod run started on only some workers hangs: `run` always uses --worker=all).
+# `create` asks for a queued resource (Google's current way to get TPU capacity, spot or not) with the
+# runtime version of the accelerator's generation (--version overrides): v4 tpu-ubuntu2204-base,
+# v5e (v5litepod-*) v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e. `setup` installs
+# Python 3.11 (the images ship 3.10; the package needs >= 3.11) and a venv before pip install.
+# `symbol-tuning train` starts JAX's distributed runtime by itself on a multi-host TPU VM, so every
+# worker runs the identical command (a pod run started on only some workers hangs: --worker=all).
 set -euo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "tpu_pod.sh: $*" >&2; exit 2; }
 
 [[ $# -ge 1 ]] || { usage; exit 2; }
 action=$1; shift
-name="" zone="" project="" accelerator="" version="tpu-ubuntu2204-base" num_slices=1 spot=0 dry_run=0
+name="" zone="" project="" accelerator="" version="" num_slices=1 spot=0 dry_run=0
 repo="" branch="main" workdir="symbol_tuning"
 train_args=()
 while [[ $# -gt 0 ]]; do
@@ -56,6 +60,17 @@ run() {
   fi
 }
 
+# The TPU VM runtime version each generation needs (Cloud TPU docs, "TPU software versions").
+runtime_version() {
+  case "$1" in
+    v4-*) echo "tpu-ubuntu2204-base" ;;
+    v5litepod-*|v5e-*) echo "v2-alpha-tpuv5-lite" ;;
+    v5p-*) echo "v2-alpha-tpuv5" ;;
+    v6e-*) echo "v2-alpha-tpuv6e" ;;
+    *) die "unknown accelerator type '$1' (v4-N, v5litepod-N, v5p-N, v6e-N), or pass --version" ;;
+  esac
+}
+
 # The worker list: one TPU VM for a single slice, one node per slice for a multi-slice queued resource.
 nodes() {
   if [[ $num_slices == 1 ]]; then echo "$name"; else for i in $(seq 0 $((num_slices - 1))); do echo "$name-$i"; done; fi
@@ -85,22 +100,24 @@ on_all_workers() {
 
 case "$action" in
   create)
-    [[ -n $accelerator ]] || die "missing required flag --accelerator (e.g. v5p-64, v4-32, v5litepod-16)"
+    [[ -n $accelerator ]] || die "missing required flag --accelerator (e.g. v5p-64, v4-32, v5litepod-16, v6e-8)"
+    [[ -n $version ]] || version=$(runtime_version "$accelerator")
+    extra=(); [[ $spot == 1 ]] && extra+=(--spot)
     if [[ $num_slices == 1 ]]; then
-      extra=(); [[ $spot == 1 ]] && extra+=(--spot)
-      run gcloud compute tpus tpu-vm create "$name" "${common[@]}" --accelerator-type="$accelerator" \
-        --version="$version" "${extra[@]}"
+      extra+=(--node-id="$name")
     else
-      extra=(); [[ $spot == 1 ]] && extra+=(--spot)
-      run gcloud compute tpus queued-resources create "$name" "${common[@]}" --accelerator-type="$accelerator" \
-        --runtime-version="$version" --node-count="$num_slices" --node-prefix="$name" "${extra[@]}"
+      extra+=(--node-count="$num_slices" --node-prefix="$name")
     fi
+    run gcloud compute tpus queued-resources create "$name" "${common[@]}" --accelerator-type="$accelerator" \
+      --runtime-version="$version" "${extra[@]}"
     ;;
   setup)
     [[ -n $repo ]] || die "missing required flag --repo (the git URL of your symbol_tuning checkout)"
-    on_all_workers "set -e; if [ ! -d $workdir ]; then git clone --branch $branch $repo $workdir; fi; \
-cd $workdir && git fetch -q && git checkout -q $branch && git pull -q && python3 -m venv .venv && \
-. .venv/bin/activate && pip install -q -c constraints.txt -e . 'jax[tpu]'"
+    on_all_workers "set -e; if ! command -v python3.11 >/dev/null; then sudo add-apt-repository -y ppa:deadsnakes/ppa \
+&& sudo apt-get update -q && sudo apt-get install -y -q python3.11 python3.11-venv; fi; \
+if [ ! -d $workdir ]; then git clone --branch $branch $repo $workdir; fi; \
+cd $workdir && git fetch -q && git checkout -q $branch && git pull -q && python3.11 -m venv .venv && \
+. .venv/bin/activate && pip install -q -U pip && pip install -q -c constraints.txt -e '.[gcs]' 'jax[tpu]'"
     ;;
   run)
     [[ ${#train_args[@]} -gt 0 ]] || die "missing training flags after '--' (e.g. -- --gin_file=gin_configs/runs/symbol_tune.gin)"
@@ -116,11 +133,7 @@ cd $workdir && git fetch -q && git checkout -q $branch && git pull -q && python3
     on_all_workers "pkill -TERM -f symbol_tuning.train || true"
     ;;
   delete)
-    if [[ $num_slices == 1 ]]; then
-      run gcloud compute tpus tpu-vm delete "$name" "${common[@]}" --quiet
-    else
-      run gcloud compute tpus queued-resources delete "$name" "${common[@]}" --force --quiet
-    fi
+    run gcloud compute tpus queued-resources delete "$name" "${common[@]}" --force --quiet
     ;;
   *) die "unknown command '$action' (create, setup, run, logs, stop, delete)" ;;
 esac

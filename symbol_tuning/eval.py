@@ -4,8 +4,11 @@ records.jsonl / summary.{csv,md,json} per step and results.{csv,md} + PNG plots 
 
 --checkpoint: a native dir, an HF dir, or an Orbax training dir (with --step=N, latest by default, or
 --all_steps to evaluate every step not yet in --output_dir). --model_config: a native-style config.json
-the checkpoint must match (needed for an Orbax dir without one). Bad flags exit 2 naming the flag;
-bad data or a mismatching checkpoint exit 1 with the reason, before any model compute.
+the checkpoint must match (needed for an Orbax dir without the model_config.json `train` writes). Paths
+may be gs:// URLs. Started as several processes (JAX_* / Slurm / TPU VM environment, or the T5X flags
+--coordinator_address --process_count --process_index), every host scores its share and process 0 writes.
+Bad flags exit 2 naming the flag; bad data or a mismatching checkpoint exit 1 with the reason, before any
+model compute.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import gin
 from symbol_tuning import gin_utils
 from symbol_tuning.evaluation.evaluator import EvalOptions
 from symbol_tuning.models.safetensors_io import CheckpointMismatchError
+from symbol_tuning.training import distributed
 
 
 def _positive(flag: str):
@@ -64,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_config", default=None, help="native-style config.json the checkpoint must match")
     p.add_argument("--output_dir", default="eval_results")
     p.add_argument("--label", default=None, help="model name in tables (default: checkpoint dir name)")
+    distributed.add_flags(p)
     return p
 
 
@@ -71,8 +76,9 @@ def _model_config(path: str | None):
     if path is None:
         return None
     from symbol_tuning.evaluation.checkpoint_loading import config_from_file
+    from symbol_tuning.training import storage
 
-    if not os.path.isfile(path):
+    if not storage.resolve(path, what="--model_config").is_file():
         raise FileNotFoundError(f"--model_config: {path} does not exist")
     try:
         return config_from_file(path)
@@ -94,17 +100,21 @@ def run(args: argparse.Namespace) -> None:
     vocabulary = get_vocabulary(args.vocabulary)
     config = _model_config(args.model_config)
     label = args.label or os.path.basename(os.path.normpath(args.checkpoint))
+    mesh, rules = distributed.evaluation_mesh()
     if args.all_steps:
         evaluator.evaluate_all_checkpoints(args.checkpoint, suite=suite, vocabulary=vocabulary,
                                            output_dir=args.output_dir, options=options, model_config=config,
-                                           label=label)
+                                           label=label, mesh=mesh, rules=rules)
         return
-    loaded = checkpoint_loading.load_for_eval(args.checkpoint, model_config=config, step=args.step)
-    result = evaluator.evaluate(loaded.model, loaded.params, suite, vocabulary=vocabulary, options=options)
+    loaded = checkpoint_loading.load_for_eval(args.checkpoint, model_config=config, step=args.step, mesh=mesh,
+                                              rules=rules)
+    result = evaluator.evaluate(loaded.model, loaded.params, suite, vocabulary=vocabulary, options=options,
+                                mesh=mesh)
     reporting.write_step_results(args.output_dir, step=loaded.step, records=result.records, summary=result.summary,
                                  model=label)
     reporting.write_overview(args.output_dir, {loaded.step: result.summary}, model=label)
-    print(reporting.summary_markdown(result.summary, title=label))
+    if reporting.is_process_zero():
+        print(reporting.summary_markdown(result.summary, title=label))
 
 
 @gin.configurable(module="evaluate")
@@ -136,10 +146,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--checkpoint is required (a flag, or evaluate.flags.checkpoint / CHECKPOINT in a gin file)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        distributed.start(args)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
         run(args)
     except (ValueError, KeyError, FileNotFoundError, CheckpointMismatchError) as e:
+        distributed.report_failure(e, command="eval")
         print(f"symbol_tuning.eval: error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:
+        distributed.report_failure(e, command="eval")
+        raise
+    distributed.mark_done()
     return 0
 
 

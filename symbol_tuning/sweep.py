@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -55,11 +56,13 @@ class Cell:
 
 
 def load_spec(path: str) -> dict[str, Any]:
-    """A sweep spec from JSON or YAML (.yaml / .yml), checked for unknown keys and required fields."""
-    if not os.path.isfile(path):
+    """A sweep spec from JSON or YAML (.yaml / .yml), local or gs://, checked for unknown keys and fields."""
+    from symbol_tuning.training import storage
+
+    spec_path = storage.resolve(path, what="--config")
+    if not spec_path.is_file():
         raise FileNotFoundError(f"sweep config {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = spec_path.read_text()
     if path.endswith((".yaml", ".yml")):
         import yaml
 
@@ -134,7 +137,7 @@ def _settings_for(spec: Mapping[str, Any], suite) -> list[str]:
     return out
 
 
-def _cell_result(cell: Cell, loaded, suite, vocabulary, spec: Mapping[str, Any]) -> dict[str, Any]:
+def _cell_result(cell: Cell, loaded, suite, vocabulary, spec: Mapping[str, Any], mesh=None) -> dict[str, Any]:
     from symbol_tuning.evaluation.evaluator import GENERATIVE, EvalOptions, evaluate
     from symbol_tuning.evaluation.suites import EvalSuite
 
@@ -146,11 +149,11 @@ def _cell_result(cell: Cell, loaded, suite, vocabulary, spec: Mapping[str, Any])
                           min_prompt_bucket=spec.get("min_prompt_bucket", defaults.min_prompt_bucket))
     if cell.setting == GENERATIVE:
         summary = evaluate(loaded.model, loaded.params, EvalSuite(suite.name, generative=suite.generative),
-                           vocabulary=vocabulary, options=options).summary
+                           vocabulary=vocabulary, options=options, mesh=mesh).summary
         per, acc = summary["generative"], float(sum(summary["generative"].values()) / len(summary["generative"]))
     else:
         summary = evaluate(loaded.model, loaded.params, EvalSuite(suite.name, datasets=suite.datasets),
-                           vocabulary=vocabulary, options=options).summary
+                           vocabulary=vocabulary, options=options, mesh=mesh).summary
         per, acc = summary["accuracy"].get(cell.setting, {}), summary["average"].get(cell.setting)
         if acc is None:
             raise ValueError(f"cell {cell.key}: no dataset of suite {suite.name!r} applies to setting {cell.setting!r}")
@@ -159,11 +162,12 @@ def _cell_result(cell: Cell, loaded, suite, vocabulary, spec: Mapping[str, Any])
 
 
 def run_sweep(spec: Mapping[str, Any], output_dir: str, *, after_cell: Callable[[dict], None] | None = None,
-              loader: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
+              loader: Callable[..., Any] | None = None, mesh=None, rules=None) -> list[dict[str, Any]]:
     """Run the missing cells of `spec`, then write the tables and plots; returns every cell's record.
 
     after_cell(record) runs after each new cell is saved (progress hooks; tests use it to interrupt).
-    loader(path, model_config=..., step=...) defaults to checkpoint_loading.load_for_eval.
+    loader(path, model_config=..., step=...) defaults to checkpoint_loading.load_for_eval (with `mesh` and
+    `rules`: params placed on the mesh, every host scoring its share of each batch).
     """
     from symbol_tuning.data.vocabularies import get_vocabulary
     from symbol_tuning.evaluation import reporting
@@ -176,7 +180,7 @@ def run_sweep(spec: Mapping[str, Any], output_dir: str, *, after_cell: Callable[
                         max_queries=spec.get("max_queries"), seed=spec.get("seed", 0), concepts=spec.get("concepts"))
     cells = plan_cells(spec, _settings_for(spec, suite))
     done = done_keys(output_dir)
-    loader = loader or load_for_eval
+    loader = loader or functools.partial(load_for_eval, mesh=mesh, rules=rules)
     todo = [c for c in cells if c.key not in done]
     log.info("sweep: %d cells, %d done, %d to run", len(cells), len(cells) - len(todo), len(todo))
     loaded_key, loaded = None, None
@@ -187,7 +191,7 @@ def run_sweep(spec: Mapping[str, Any], output_dir: str, *, after_cell: Callable[
             config_path = entry.get("model_config")
             config = config_from_file(config_path) if config_path else None
             loaded, loaded_key = loader(entry[cell.variant], model_config=config, step=cell.step), ckpt_key
-        record = _cell_result(cell, loaded, suite, get_vocabulary(entry.get("vocabulary", "bytes")), spec)
+        record = _cell_result(cell, loaded, suite, get_vocabulary(entry.get("vocabulary", "bytes")), spec, mesh)
         record["checkpoint"] = entry[cell.variant]
         if reporting.is_process_zero():
             reporting.append_jsonl(os.path.join(output_dir, RESULTS), record)
@@ -262,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data_root", default=None, help="override the spec's data_root")
     parser.add_argument("--k_per_class", default=None, help="override: comma-separated k values")
     parser.add_argument("--settings", default=None, help="override: comma-separated settings")
+    from symbol_tuning.training import distributed
+
+    distributed.add_flags(parser)
     try:
         args = gin_utils.parse_args_with_gin(parser, list(sys.argv[1:] if argv is None else argv), flags)
     except gin_utils.GinConfigError as e:
@@ -270,6 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, flag) is None:
             parser.error(f"--{flag} is required (a flag, or sweep.flags.{flag} in a gin file)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        distributed.start(args)
+    except ValueError as e:
+        parser.error(str(e))
     try:
         spec = load_spec(args.config)
         if args.data_root:
@@ -282,11 +293,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  f"{args.k_per_class!r}") from None
         if args.settings:
             spec["settings"] = [s.strip() for s in args.settings.split(",") if s.strip()]
-        run_sweep(spec, args.output_dir)
+        mesh, rules = distributed.evaluation_mesh()
+        run_sweep(spec, args.output_dir, mesh=mesh, rules=rules)
     except (ValueError, KeyError, FileNotFoundError) as e:
+        distributed.report_failure(e, command="sweep")
         print(f"symbol_tuning.sweep: error: {e}", file=sys.stderr)
         return 1
-    print(f"symbol_tuning.sweep: wrote {os.path.join(args.output_dir, 'table.md')}")
+    except Exception as e:
+        distributed.report_failure(e, command="sweep")
+        raise
+    distributed.mark_done()
+    from symbol_tuning.evaluation.reporting import is_process_zero
+
+    if is_process_zero():
+        print(f"symbol_tuning.sweep: wrote {os.path.join(args.output_dir, 'table.md')}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """`python -m symbol_tuning.train --gin_file=runs/tiny_cpu.gin --gin.MODEL_DIR="'/tmp/run'"`: the train entry.
 
-T5X-style flags (see gin_utils): --gin_file, --gin_bindings, --gin.MACRO=value, --gin_search_paths, plus
---multiprocess_gpu and the coordinator flags for multi-host runs. Every piece the run needs is a
+T5X-style flags (see gin_utils): --gin_file, --gin_bindings, --gin.MACRO=value, --gin_search_paths. Several
+processes start JAX's distributed runtime from the environment (JAX_*, Slurm, TPU VM) or T5X's flags
+--coordinator_address --process_count --process_index (training.distributed). Every piece the run needs is a
 keyword-only gin configurable here (model, mesh, optimizer/schedule, input stream, the entry itself),
 so the model, partitioning and trainer modules stay free of gin. Exit codes: 0 done or preempted
 (checkpoint saved), 1 a run error (named), 2 bad flags or gin config.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -20,7 +20,7 @@ import gin
 
 from symbol_tuning import gin_utils
 from symbol_tuning.data.pipeline import InputOptions
-from symbol_tuning.training import optimizers, partitioning
+from symbol_tuning.training import distributed, optimizers, partitioning, run_record
 from symbol_tuning.training.train_step import StepOptions
 from symbol_tuning.training.trainer import LoopOptions
 
@@ -45,8 +45,9 @@ def build_model(*, family: str = gin.REQUIRED, preset: str | None = None,
     if preset is not None:
         config = config_cls.preset(preset, **overrides)
     else:
-        with open(config_file, encoding="utf-8") as f:
-            values = json.load(f)
+        from symbol_tuning.training import storage
+
+        values = storage.read_json(config_file)
         values = values.get("config", values)
         config = config_cls.from_dict({**values, **overrides})
     return model_for(config)
@@ -103,13 +104,27 @@ def local_symbol_mixture(*, name: str = "local_symbol_mixture", data_root: str =
     return name
 
 
-def load_init_params(path: str) -> Any:
-    """Params from our native checkpoint (config.json with "family") or an HF checkpoint directory."""
+def load_init_params(path: str, *, model: Any = None, mesh: Any = None, rules: Any = None) -> Any:
+    """Params to start from: our native checkpoint (config.json with "family"), an HF checkpoint directory,
+    or an Orbax training dir (`<dir>` for its latest step, `<dir>/<step>` for one step; params only, read
+    into this run's mesh whatever mesh and host count wrote them, checked against `model`'s config)."""
     from symbol_tuning.models.native_io import load_params_dir
+    from symbol_tuning.training import checkpoints, storage
 
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"init_checkpoint {path}: no config.json")
-    return load_params_dir(path)[1]
+    root = storage.resolve(path, what="init_checkpoint")
+    step = None
+    if root.name.isdigit() and not (root / "config.json").exists() and (root / checkpoints.STATE_ITEM).is_dir():
+        root, step = root.parent, int(root.name)
+    if not (root / "config.json").is_file():
+        if root.is_dir() and checkpoints.finished_steps(os.fspath(root)):
+            from symbol_tuning.evaluation.checkpoint_loading import load_for_eval
+
+            loaded = load_for_eval(os.fspath(root), model_config=getattr(model, "config", None), step=step,
+                                   mesh=mesh, rules=rules)
+            log.info("init_checkpoint: params of %s step %d", root, loaded.step)
+            return loaded.params
+        raise FileNotFoundError(f"init_checkpoint {path}: no config.json and no finished Orbax steps")
+    return storage.with_local_copy(os.fspath(root), lambda local: load_params_dir(local)[1])
 
 
 def _input_shapes(stream: Any, hosts: int) -> dict[str, tuple[int, ...]]:
@@ -137,10 +152,13 @@ def train(*, model: Any = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED
           logical_axis_rules: partitioning.Rules = partitioning.DEFAULT_RULES, init_checkpoint: str | None = None,
           num_microbatches: int = StepOptions.num_microbatches, z_loss: float = StepOptions.z_loss,
           loss_normalizing_factor: Any = "num_real_target_tokens", stream_fn: Callable[..., Any] = make_batch_stream,
-          eval_fn: Callable | None = None, eval_every: int | None = LoopOptions.eval_every) -> Any:
+          eval_fn: Callable | None = None, eval_every: int | None = LoopOptions.eval_every,
+          data_shards: int | None = None) -> Any:
     """Build model, mesh, optimizer and this host's input stream, then run `trainer.train`.
 
-    `batch_size` is global (split evenly over hosts); `optimizer` is a factory called with
+    `batch_size` is global, read as `data_shards` shards of batch_size / data_shards rows (default: one per
+    host; training.data_shards), each host reading its block of shards, so a run resumes exactly on any
+    host count that divides data_shards; `optimizer` is a factory called with
     `learning_rate=learning_rate_fn` (a float or an optax schedule such as @optimizers.make_schedule()).
     Defaults live in the option dataclasses (InputOptions, StepOptions, LoopOptions) the planner reads too.
     """
@@ -154,19 +172,29 @@ def train(*, model: Any = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED
                        log_every=log_every, eval_every=eval_every, seed=seed)
     step = StepOptions(num_microbatches=num_microbatches, z_loss=z_loss,
                        loss_normalizing_factor=loss_normalizing_factor)
-    shard_index, num_shards = partitioning.host_shard_info()
+    from symbol_tuning.training.data_shards import ShardedStream
+
+    process_index, process_count = partitioning.host_shard_info()
+    num_shards = process_count if data_shards is None else int(data_shards)
+    if num_shards < 1 or num_shards % process_count:
+        raise ValueError(f"train.data_shards={num_shards} is not a positive multiple of the {process_count} hosts")
     if inputs.batch_size % num_shards:
-        raise ValueError(f"train.batch_size={inputs.batch_size} is not divisible by the {num_shards} hosts")
+        raise ValueError(f"train.batch_size={inputs.batch_size} is not divisible by the {num_shards} data shards")
     mesh = partitioning.create_mesh(mesh_config or partitioning.MeshConfig())
-    stream = stream_fn(name=mixture_or_task_name, vocabulary=inputs.vocabulary,
-                       feature_lengths=inputs.feature_lengths, batch_size=inputs.batch_size // num_shards,
-                       model_family=model.family, pack=inputs.pack, seed=seed, shard_index=shard_index,
-                       num_shards=num_shards)
+    rules = tuple(tuple(r) for r in logical_axis_rules)
+    run_record.write_run_record(model_dir, model_config=model.config, gin_config=gin.config_str())
+    init_params = load_init_params(init_checkpoint, model=model, mesh=mesh, rules=rules) if init_checkpoint else None
+    stream = ShardedStream(
+        lambda shard: stream_fn(name=mixture_or_task_name, vocabulary=inputs.vocabulary,
+                                feature_lengths=inputs.feature_lengths, batch_size=inputs.batch_size // num_shards,
+                                model_family=model.family, pack=inputs.pack, seed=seed, shard_index=shard,
+                                num_shards=num_shards),
+        num_shards=num_shards, process_index=process_index, process_count=process_count)
     return trainer.train(
         model=model, model_dir=model_dir, train_stream=stream, optimizer=optimizer(learning_rate=learning_rate_fn),
-        learning_rate_fn=learning_rate_fn, mesh=mesh, rules=tuple(tuple(r) for r in logical_axis_rules),
-        input_shapes=_input_shapes(stream, num_shards), options=loop, step_options=step,
-        init_params=load_init_params(init_checkpoint) if init_checkpoint else None, eval_fn=eval_fn)
+        learning_rate_fn=learning_rate_fn, mesh=mesh, rules=rules,
+        input_shapes=_input_shapes(stream, process_count), options=loop, step_options=step,
+        init_params=init_params, eval_fn=eval_fn)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,11 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = gin_utils.FlagParser(prog="symbol-tuning train", description=__doc__.split("\n\n")[0],
                                   allow_abbrev=False)
     gin_utils.add_gin_flags(parser)
-    parser.add_argument("--multiprocess_gpu", action="store_true",
-                        help="start JAX's multi-process runtime (GPU clusters; TPU pods are auto-detected)")
-    parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
-    parser.add_argument("--num_processes", type=int, default=None, help="processes in the run")
-    parser.add_argument("--process_id", type=int, default=None, help="this process's index")
+    distributed.add_flags(parser)
     return parser
 
 
@@ -193,9 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(rest)
     if unknown:
         parser.error(f"unrecognized flags: {' '.join(unknown)}")
-    if args.multiprocess_gpu or args.coordinator_address or args.num_processes or args.process_id is not None:
-        partitioning.initialize_distributed(coordinator_address=args.coordinator_address,
-                                            num_processes=args.num_processes, process_id=args.process_id)
+    try:
+        distributed.start(args)
+    except ValueError as e:
+        parser.error(str(e))
     try:
         gin_utils.parse_gin_flags(args, macro_bindings)
     except gin_utils.GinConfigError as e:
@@ -204,8 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = train()
     except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
+        distributed.report_failure(e, command="train")
         print(f"symbol-tuning train: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    except Exception as e:
+        distributed.report_failure(e, command="train")
+        raise
+    distributed.mark_done()
     status = "preempted" if result.preempted else "done"
     resumed = f", resumed from step {result.resumed_from}" if result.resumed_from is not None else ""
     print(f"symbol-tuning train: {status} at step {result.step}{resumed} (checkpoints {result.checkpoint_steps})")

@@ -5,7 +5,8 @@ Kinds of `path` understood by `load_for_eval`:
 - native: config.json with "family" + params.safetensors (models.native_io);
 - HF: config.json with a model_type of the family table (models.families);
 - Orbax training dir (training.checkpoints layout): only the params are read; the model config comes
-  from `model_config` or a native-style config.json / model_config.json in the directory.
+  from `model_config` or a native-style config.json / model_config.json (the run record `train` writes).
+Paths may be local or gs:// (training.storage).
 Every tensor's shape is compared with the shapes the model config implies; the first mismatch raises
 CheckpointMismatchError naming the tensor, before arrays are read (native, Orbax) and before any compute.
 """
@@ -25,7 +26,7 @@ from symbol_tuning.models.base import BaseModel
 from symbol_tuning.models.families import config_from_record, import_hf_checkpoint, init_shapes, model_for
 from symbol_tuning.models.native_io import PARAMS_NAME, checkpoint_kind, load_native
 from symbol_tuning.models.safetensors_io import CheckpointMismatchError, read_json_file
-from symbol_tuning.training import checkpoints
+from symbol_tuning.training import checkpoints, storage
 from symbol_tuning.training.partitioning import logical_shardings
 
 CONFIG_FILES = ("config.json", "model_config.json")
@@ -71,16 +72,21 @@ def check_shapes(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tu
 
 
 def config_from_file(path: str) -> Any:
-    """A model config from a native-style JSON file ({"family": "encoder_decoder" | "decoder_only", "config"})."""
+    """A model config from a native-style JSON file ({"family": "encoder_decoder" | "decoder_only", "config"}),
+    local or gs://."""
+    if storage.is_remote(path):
+        return config_from_record(storage.read_json(path), source=path)
     return config_from_record(read_json_file(path), source=path)
 
 
 def native_config(directory: str) -> Any | None:
-    """The model config of a native-style config.json / model_config.json in `directory`, if there is one."""
+    """The model config of a native-style config.json / model_config.json (a training run's record) in
+    `directory`, if there is one."""
+    root = storage.resolve(directory, what="checkpoint")
     for name in CONFIG_FILES:
-        path = os.path.join(directory, name)
-        if os.path.isfile(path) and "family" in read_json_file(path):
-            return config_from_file(path)
+        path = root / name
+        if path.is_file() and "family" in storage.read_json(path):
+            return config_from_file(os.fspath(path))
     return None
 
 
@@ -120,12 +126,12 @@ def _load_orbax(path: str, step: int | None, model_config: Any, mesh, rules) -> 
         raise FileNotFoundError(f"{path}: no checkpoint for step {step}; available steps: {steps}")
     config = model_config if model_config is not None else native_config(path)
     if config is None:
-        raise ValueError(f"{path}: an Orbax training directory holds no model config; pass model_config "
-                         f"(or --model_config) or put a native config.json beside the steps")
+        raise ValueError(f"{path}: an Orbax training directory holds no model config (no model_config.json, "
+                         f"which `train` writes); pass model_config (or --model_config)")
     model = model_for(config)
     meta = checkpoints.saved_params_metadata(path, step)
     check_shapes({k: tuple(v.shape) for k, v in meta.items()}, expected_shapes(model),
-                 source=os.path.join(path, str(step), checkpoints.STATE_ITEM))
+                 source=f"{path}/{step}/{checkpoints.STATE_ITEM}")
     if mesh is not None and rules is not None:
         shardings = traverse_util.flatten_dict(logical_shardings(abstract_params(model), mesh, rules), sep="/")
     else:
@@ -141,11 +147,16 @@ def load_for_eval(path: str, *, model_config: Any = None, step: int | None = Non
     model_config: the config the checkpoint must match (required for an Orbax dir without a config file);
     step: the Orbax step (latest when None); mesh + rules: place params with the logical shardings.
     """
-    if not os.path.exists(path):
+    root = storage.resolve(path, what="checkpoint")
+    if not root.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if os.path.isfile(os.path.join(path, "config.json")) and not checkpoints.finished_steps(path):
-        if checkpoint_kind(path) == "native":
-            return _load_native(path, model_config, mesh, rules)
-        return _load_hf(path, model_config, mesh, rules)
+    path = os.fspath(root)
+    if (root / "config.json").is_file() and not checkpoints.finished_steps(path):
+        # safetensors and the HF readers read local files only: a gs:// native/HF dir is copied first.
+        def load(local: str) -> LoadedModel:
+            if checkpoint_kind(local) == "native":
+                return _load_native(local, model_config, mesh, rules)
+            return _load_hf(local, model_config, mesh, rules)
+        return storage.with_local_copy(path, load)
     return _load_orbax(path, step, model_config, mesh, rules)
 

@@ -31,8 +31,7 @@ from symbol_tuning.evaluation.scoring import (
 )
 from symbol_tuning.evaluation.suites import EvalDataset, EvalSuite, GenerativeTask, chance_accuracy
 from symbol_tuning.models.base import BaseModel
-from symbol_tuning.models.safetensors_io import read_json_file
-from symbol_tuning.training import checkpoints
+from symbol_tuning.training import checkpoints, storage
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +248,7 @@ def evaluate_all_checkpoints(model_dir: str, *, suite: EvalSuite, vocabulary, ou
     for step in todo:
         if reporting.step_done(output_dir, step):
             log.info("step %d: results exist in %s, skipped", step, output_dir)
-            out[step] = read_json_file(os.path.join(reporting.step_dir(output_dir, step), reporting.STEP_SUMMARY))
+            out[step] = storage.read_json(os.path.join(reporting.step_dir(output_dir, step), reporting.STEP_SUMMARY))
             continue
         loaded = checkpoint_loading.load_for_eval(model_dir, model_config=model_config, step=step, mesh=mesh,
                                                   rules=rules)

@@ -11,10 +11,11 @@ import csv
 import io
 import json
 import os
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
+
+from symbol_tuning.training import storage
 
 SETTING_TITLES = {"instr_labels": "instr + labels", "labels_only": "labels only", "instr_only": "instr only",
                   "neither": "neither", "flipped": "flipped labels"}
@@ -27,17 +28,8 @@ def is_process_zero() -> bool:
 
 
 def _atomic_write(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """The whole file at once: a local rename or one GCS object write (training.storage)."""
+    storage.write_text(path, text)
 
 
 def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
@@ -46,20 +38,25 @@ def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
 
 
 def append_jsonl(path: str, record: Mapping[str, Any]) -> None:
-    """Append one record as one line and flush it to disk (resumable logs)."""
+    """Append one record as one line and flush it to disk (resumable logs); on GCS the object is rewritten."""
+    line = json.dumps(record, sort_keys=True) + "\n"
+    if storage.is_remote(path):
+        target = storage.resolve(path)
+        storage.write_text(path, (target.read_text() if target.exists() else "") + line)
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     """Records of a JSONL file; a torn last line (a killed writer) is ignored, any other bad line raises."""
-    if not os.path.exists(path):
+    target = storage.resolve(path)
+    if not target.exists():
         return []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    lines = target.read_text().split("\n")
     out = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -201,11 +198,18 @@ def _series(r: Mapping[str, Any]) -> str:
 
 
 def _save(fig, path: str, plt) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
+    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
+    target = storage.resolve(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if storage.is_remote(path):
+        target.write_bytes(buf.getvalue())
+        return
+    tmp = path + ".tmp.png"
+    with open(tmp, "wb") as f:
+        f.write(buf.getvalue())
     os.replace(tmp, path)
 
 
@@ -215,7 +219,7 @@ def step_dir(output_dir: str, step: int | None) -> str:
 
 def step_done(output_dir: str, step: int | None) -> bool:
     """Whether a step's results are complete (its summary.json, written last, exists)."""
-    return os.path.isfile(os.path.join(step_dir(output_dir, step), STEP_SUMMARY))
+    return storage.resolve(os.path.join(step_dir(output_dir, step), STEP_SUMMARY)).is_file()
 
 
 def write_step_results(output_dir: str, *, step: int | None, records: Sequence[Mapping[str, Any]],

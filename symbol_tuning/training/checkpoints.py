@@ -4,8 +4,10 @@ Saves are asynchronous (training continues while arrays are written), every `sav
 keeping the last `max_to_keep`. Orbax writes each step into a temporary directory and renames it
 when complete, so a partial checkpoint is never visible as a finished step. The input position of
 every host is saved with the state so that a resumed run reads exactly the batches the
-uninterrupted run would have read. Restoring takes an abstract state whose leaves carry the target
-shardings, so a checkpoint written on one mesh restores onto another.
+uninterrupted run would have read; with the input split into data shards (training.data_shards) a run
+resumes on any host count dividing their number, otherwise the message names the warm-start command.
+Directories may be local or gs:// (storage). Restoring takes an abstract state whose leaves carry the
+target shardings, so a checkpoint written on one mesh restores onto another.
 """
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from symbol_tuning.models.safetensors_io import CheckpointMismatchError
+from symbol_tuning.training import data_shards, storage
 
 log = logging.getLogger(__name__)
 STATE_ITEM, DATA_ITEM = "state", "data"
+COMMIT_MARKER = "commit_success.txt"
 
 
 class Checkpointer:
@@ -31,10 +35,15 @@ class Checkpointer:
 
     def __init__(self, directory: str, *, save_interval_steps: int = 1000, max_to_keep: int | None = 3,
                  async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = os.fspath(storage.resolve(directory, what="model_dir"))
         options = ocp.CheckpointManagerOptions(save_interval_steps=save_interval_steps, max_to_keep=max_to_keep,
                                                enable_async_checkpointing=async_save, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE_ITEM, DATA_ITEM))
+
+    def reached_preemption(self, step: int) -> bool:
+        """Whether every host has reached the step JAX's preemption service chose for saving (False on one
+        process, where there is no service)."""
+        return bool(self._manager.reached_preemption(step))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -55,12 +64,13 @@ class Checkpointer:
             raise FileNotFoundError(f"{self.directory}: no complete checkpoint to restore")
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        hosts = (restored.data or {}).get("hosts", [])
+        hosts = [json.loads(h) for h in (restored.data or {}).get("hosts", [])]
         index, count = jax.process_index(), jax.process_count()
-        if hosts and len(hosts) != count:
-            raise ValueError(f"{self.directory} step {step}: saved by {len(hosts)} hosts, restoring on {count}; "
-                             "the input position cannot be resumed exactly")
-        return restored.state, (json.loads(hosts[index]) if hosts else {})
+        if not hosts:
+            return restored.state, {}
+        if len(hosts) == count:
+            return restored.state, hosts[index]
+        return restored.state, data_shards.regroup(hosts, index, count, source=self.directory)
 
     def wait_until_finished(self) -> None:
         self._manager.wait_until_finished()
@@ -84,16 +94,20 @@ def _gather_host_states(data_state: dict) -> list[str]:
 
 
 def finished_steps(directory: str) -> list[int]:
-    """Finished steps of a training directory: numeric subdirectories holding a state item (Orbax writes a
-    step under a temporary name and renames it when complete)."""
-    if not os.path.isdir(directory):
+    """Finished steps of a training directory: numeric subdirectories holding a state item. Locally Orbax
+    writes a step under a temporary name and renames it when complete; on GCS (no rename) it writes the
+    step in place and marks it complete with a commit_success.txt file last."""
+    root = storage.resolve(directory, what="checkpoint")
+    if not root.is_dir():
         raise FileNotFoundError(f"{directory}: checkpoint directory does not exist")
-    return sorted(int(d) for d in os.listdir(directory)
-                  if d.isdigit() and os.path.isdir(os.path.join(directory, d, STATE_ITEM)))
+    remote = storage.is_remote(os.fspath(root))
+    return sorted(int(d.name) for d in root.iterdir()
+                  if d.name.isdigit() and (d / STATE_ITEM).is_dir()
+                  and (not remote or (d / COMMIT_MARKER).exists()))
 
 
 def _state_dir(directory: str, step: int) -> str:
-    return os.path.join(directory, str(step), STATE_ITEM)
+    return os.fspath(storage.resolve(directory, what="checkpoint") / str(step) / STATE_ITEM)
 
 
 def saved_params_metadata(directory: str, step: int) -> dict[str, Any]:

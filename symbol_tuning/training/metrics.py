@@ -11,6 +11,8 @@ from typing import Mapping
 
 import jax
 
+from symbol_tuning.training import storage
+
 # Dense bf16 peak FLOP/s per chip, by `jax.devices()[0].device_kind` substring.
 PEAK_FLOPS = {
     "H200": 989.4e12,
@@ -52,9 +54,11 @@ class MetricsWriter:
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            os.makedirs(model_dir, exist_ok=True)
-            self._tb = SummaryWriter(logdir=os.path.join(model_dir, subdir))
-            self._jsonl = open(os.path.join(model_dir, f"metrics_{subdir}.jsonl"), "a", encoding="utf-8")
+            root = storage.resolve(model_dir, what="model_dir")
+            root.mkdir(parents=True, exist_ok=True)
+            # tensorboardX writes gs:// event files itself (google-cloud-storage).
+            self._tb = SummaryWriter(logdir=os.fspath(root / subdir))
+            self._jsonl = storage.AppendFile(root / f"metrics_{subdir}.jsonl")
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -63,7 +67,6 @@ class MetricsWriter:
         for key, value in clean.items():
             self._tb.add_scalar(key, value, step)
         self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
-        self._jsonl.flush()
 
     def close(self) -> None:
         if self._tb is not None:

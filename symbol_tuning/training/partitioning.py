@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -199,51 +198,3 @@ def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh, *,
 def host_shard_info() -> tuple[int, int]:
     """(process_index, process_count): which slice of the data this host should read."""
     return jax.process_index(), jax.process_count()
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    if value in (None, ""):
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
-
-
-def initialize_distributed(*, coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> bool:
-    """Start JAX's multi-process runtime when this run spans several processes; returns whether it did.
-
-    Order: explicit arguments; then JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (our
-    Slurm launcher exports these); then auto-detection by `jax.distributed.initialize()` on Slurm jobs
-    with several tasks and on TPU VMs (TPU_WORKER_HOSTNAMES / MEGASCALE_* set); otherwise a no-op.
-    Must run before any other JAX call that touches devices.
-    """
-    if jax.distributed.is_initialized():
-        return True
-    coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
-    if num_processes is None:
-        num_processes = _env_int("JAX_NUM_PROCESSES")
-    if process_id is None:
-        process_id = _env_int("JAX_PROCESS_ID")
-    if coordinator_address is not None or num_processes is not None or process_id is not None:
-        if num_processes == 1 and coordinator_address is None:
-            return False
-        given = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
-        missing = [k for k, v in given.items() if v is None]
-        if missing:
-            raise ValueError(f"initialize_distributed: {missing} not given (flags or JAX_COORDINATOR_ADDRESS, "
-                             f"JAX_NUM_PROCESSES, JAX_PROCESS_ID); got {given}")
-        if not 0 <= process_id < num_processes:
-            raise ValueError(f"initialize_distributed: process_id={process_id} not in [0, {num_processes})")
-        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id)
-        return True
-    slurm_tasks = _env_int("SLURM_NTASKS") or _env_int("SLURM_NPROCS")
-    tpu_hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
-    on_tpu_pod = len(tpu_hosts) > 1 or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
-    if (slurm_tasks or 1) > 1 or on_tpu_pod:
-        jax.distributed.initialize()
-        return True
-    return False

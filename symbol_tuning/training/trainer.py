@@ -5,14 +5,17 @@ step. Metrics stay on device until a log boundary, a checkpoint or the end, wher
 together; the first non-finite loss stops the run naming its step, before any later state is saved.
 A checkpoint at step k holds the state after k updates and every host's input position right after
 its k-th batch, so a restarted run reads exactly the batches the uninterrupted run would have read.
-SIGTERM (preemption) sets a flag; the loop saves at the current step, waits for the save and returns.
+SIGTERM (preemption) or Ctrl-C sets a stop request (_PreemptionFlag: JAX's preemption sync point on several
+hosts); the loop saves at the current step, waits for the save and returns.
 No TensorFlow or SeqIO here.
 """
 from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,7 +24,6 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 import jax
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from symbol_tuning.models.base import BaseModel
@@ -86,33 +88,56 @@ class TrainResult:
 
 
 class _PreemptionFlag:
-    """Sets itself on SIGTERM while installed (main thread only); restores the old handler on exit."""
+    """Stop requests while installed (main thread only; old handlers restored on exit).
 
-    def __init__(self) -> None:
+    SIGTERM (preemption) and SIGINT (Ctrl-C) both ask the loop to save at the current step and return; a
+    second Ctrl-C exits at once with code 130. On one process the flag is set by our handlers. On several,
+    SIGTERM belongs to JAX's preemption service (started by jax.distributed.initialize): a notice on any
+    host makes every host agree on one safe step, found through Orbax's `reached_preemption` (JAX's
+    `multihost_utils.reached_preemption_sync_point`) without a per-step collective; Ctrl-C is passed on to
+    that service as a SIGTERM to this process.
+    """
+
+    def __init__(self, checkpointer: Checkpointer | None = None) -> None:
         self.raised = False
-        self._previous: Any = None
-        self._installed = False
+        self._checkpointer = checkpointer
+        self._multi = jax.process_count() > 1
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_PreemptionFlag":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-            self._installed = True
+            if not self._multi:
+                self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle_interrupt)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("SIGTERM received: will checkpoint at the current step and stop")
+        log.warning("%s received: will checkpoint at the current step and stop", signal.Signals(signum).name)
+        self.raised = True
+
+    def _handle_interrupt(self, signum: int, frame: Any) -> None:
+        if self.raised:
+            print("second Ctrl-C: exiting now without saving", file=sys.stderr, flush=True)
+            os._exit(130)
+        if self._multi and signal.getsignal(signal.SIGTERM) is None:  # JAX's C-level SIGTERM notifier
+            log.warning("Ctrl-C: passing it to JAX's preemption service; all hosts save and stop "
+                        "(Ctrl-C again to exit at once)")
+            self.raised = True
+            signal.raise_signal(signal.SIGTERM)
+            return
+        log.warning("Ctrl-C: will checkpoint at the current step and stop (Ctrl-C again to exit at once)")
         self.raised = True
 
     def __exit__(self, *exc: Any) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
-    def any_host(self) -> bool:
-        """True when any host has been signalled (all hosts must stop at the same step)."""
-        if jax.process_count() == 1:
+    def should_stop(self, step: int) -> bool:
+        """Whether to save `step` and stop; on several hosts, True on every host at the same step. Call it
+        at every step, with increasing steps, on every host."""
+        if not self._multi:
             return self.raised
-        flags = multihost_utils.process_allgather(np.array([self.raised], np.int32))
-        return bool(np.any(flags))
+        return self._checkpointer is not None and self._checkpointer.reached_preemption(step)
 
 
 def estimate_flops_per_token(model: BaseModel, num_params: int, sequence_length: int) -> float:
@@ -209,7 +234,7 @@ def train(*, model: BaseModel, model_dir: str, train_stream: ResumableStream, op
                      local_shapes=local_shapes, input_shapes=input_shapes, log_every=options.log_every,
                      checkpoint_every=options.checkpoint_every, eval_fn=eval_fn, eval_every=options.eval_every,
                      flops_per_token=flops_per_token, last_saved=latest)
-        with _PreemptionFlag() as flag:
+        with _PreemptionFlag(checkpointer) as flag:
             state, preempted = loop.run(state, start, options.steps, flag)
         checkpointer.wait_until_finished()
         return TrainResult(state=state, step=int(jax.device_get(state.step)), preempted=preempted,
@@ -282,7 +307,7 @@ class _Loop:
         batches = iter(self.stream)
         try:
             for step in range(start + 1, steps + 1):
-                if flag.any_host():
+                if flag.should_stop(step - 1):
                     self._save(step - 1, state, data_state)
                     self.checkpointer.wait_until_finished()
                     return state, True
@@ -306,7 +331,7 @@ class _Loop:
                     if result:
                         self.writer.write(step, {f"eval/{k}": v for k, v in result.items()})
             self._drain()
-            if flag.any_host():
+            if flag.should_stop(steps):
                 self.checkpointer.wait_until_finished()
                 return state, True
             return state, False
