@@ -21,7 +21,14 @@ DATA = [
     "tensorflow-datasets>=4.9",
     "datasets>=3.0",
 ]
-TEST = [
+# gs:// model dirs: tensorboardX's event writer uses google-cloud-storage; epath uses gcsfs when TensorFlow is
+# absent or EPATH_USE_TF=false (Orbax's arrays go through TensorStore, which needs nothing more).
+GCS = [
+    "gcsfs>=2024.6",
+    "google-cloud-storage>=2.14",
+]
+TEST = GCS + [
+    "gcp-storage-emulator>=2024.8",
     "pytest>=8",
     "pytest-xdist>=3.5",
     "torch>=2.4",
@@ -44,7 +51,7 @@ setup(
                  "symbol_tuning.gin_configs": "gin_configs"},
     package_data={"symbol_tuning.gin_configs": ["*/*.gin"]},
     install_requires=CORE + DATA,
-    extras_require={"test": TEST, "hf": ["torch>=2.4", "transformers>=4.45"]},
+    extras_require={"test": TEST, "gcs": GCS, "hf": ["torch>=2.4", "transformers>=4.45"]},
     entry_points={"console_scripts": ["symbol-tuning=symbol_tuning.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",

