@@ -135,3 +135,20 @@ def test_train_kill_resume_eval_and_export_all_on_gs(gcs, tmp_path):
     assert sorted(got) == sorted(want)
     for name in want:
         np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_readme_gs_commands_are_the_ones_this_test_runs():
+    import shlex
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Scale"):text.index("## Evaluation and sweeps")]
+    lines = [shlex.split(line.strip()) for line in section.splitlines()
+             if line.startswith("    symbol-tuning") and "gs://bucket" in line]
+    assert [argv[1] for argv in lines] == ["train", "eval", "export-hf"]
+    ran = {"train": ["--gin_file=models/tiny_t5.gin", "--gin_file=runs/tiny_cpu.gin", f"--gin.MODEL_DIR='gs://{BUCKET}/run'"],
+           "eval": [f"--checkpoint=gs://{BUCKET}/run", "--all_steps", "--suite=embedded",
+                    f"--output_dir=gs://{BUCKET}/eval"],
+           "export-hf": [f"--checkpoint=gs://{BUCKET}/run", f"--out=gs://{BUCKET}/hf"]}
+    for argv in lines:
+        flags = [a for a in argv[2:] if not a.startswith("--step=")]
+        assert flags == ran[argv[1]], argv

@@ -220,3 +220,27 @@ def test_eval_on_two_processes_equals_one_process_and_writes_each_file_once(runs
                 w["dataset"], w["setting"], w["index"], w["prediction"])
             assert max(abs(a - b) for a, b in zip(g["scores"], w["scores"])) < 1e-4
     assert "| dataset |" in two.output(0) and "| dataset |" not in two.output(1)
+
+
+def _readme_scale_lines(needle: str) -> list[list[str]]:
+    import shlex
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Scale"):text.index("## Evaluation and sweeps")]
+    return [shlex.split(line.strip().rstrip("&")) for line in section.splitlines()
+            if line.startswith("    ") and needle in line]
+
+
+def test_readme_start_commands_are_the_ones_these_runs_use():
+    lines = _readme_scale_lines("JAX_PROCESS_ID=")
+    assert len(lines) == 2
+    for process_id, argv in enumerate(lines):
+        cut = argv.index("symbol-tuning")
+        env = dict(a.split("=", 1) for a in argv[:cut])
+        want = _env(4, process_id, 1234)
+        assert env == {k: want[k] for k in env} and set(env) >= {"JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
+                                                                   "JAX_PROCESS_ID", "XLA_FLAGS",
+                                                                   "JAX_CPU_COLLECTIVES_IMPLEMENTATION"}
+        assert argv[cut + 1] == "train"
+        flags = [a for a in argv[cut + 2:] if not a.startswith("--gin.MODEL_DIR=")]
+        assert set(flags) <= set(TRAIN)
