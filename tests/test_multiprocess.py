@@ -5,7 +5,7 @@ JAX_PROCESS_ID), against 1 process x 8 devices reading the same 2 data shards.
 Proves: equal losses on a data and an fsdp mesh; one writer of metrics and run records; a checkpoint
 written by 2 processes resumed by 1 on the same data; SIGTERM to one host saves on both and both exit 0;
 kill -9 of both then resume is exact; a killed host ends the other with exit 1 and a message naming it
-within 60 s; `eval` on 2 processes equals 1 process and writes each file once.
+within 60 s; `eval` on 2 processes equals 1 process and writes each file once, and so does `sweep`.
 """
 import json
 import os
@@ -219,7 +219,20 @@ def test_eval_on_two_processes_equals_one_process_and_writes_each_file_once(runs
             assert (g["dataset"], g["setting"], g["index"], g["prediction"]) == (
                 w["dataset"], w["setting"], w["index"], w["prediction"])
             assert max(abs(a - b) for a, b in zip(g["scores"], w["scores"])) < 1e-4
-    assert "| dataset |" in two.output(0) and "| dataset |" not in two.output(1)
+
+    spec = {"suite": "embedded", "datasets": ["product_review"], "settings": ["neither"], "k_per_class": [1],
+            "max_queries": 8, "max_input_length": 512, "min_prompt_bucket": 512, "batch_size": 8,
+            "models": {"tiny": {"vocabulary": "bytes", "tuned": str(runs["data2"]), "steps": [2, 4]}}}
+    (tmp_path / "sweep.json").write_text(json.dumps(spec))
+    sweep = Run(["-m", "symbol_tuning.sweep", f"--config={tmp_path / 'sweep.json'}",
+                 f"--output_dir={tmp_path / 'sweep'}"], tmp_path / "sweep_logs", hosts=2)
+    sweep.check()
+    cells = [json.loads(x) for x in (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in cells] == [2, 4]  # each cell appended once, by process 0 only
+    for cell in cells:
+        summary = json.loads((tmp_path / "one" / f"step_{cell['step']}" / "summary.json").read_text())
+        assert cell["accuracy"] == summary["accuracy"]["neither"]["product_review"]
+    assert "wrote" in sweep.output(0) and "wrote" not in sweep.output(1)
 
 
 def _readme_scale_lines(needle: str) -> list[list[str]]:

@@ -146,7 +146,10 @@ def start(args: argparse.Namespace) -> bool:
                   force=bool(getattr(args, "multiprocess_gpu", False)))
     if spec is None:
         return False
-    initialize(spec, host_timeout_s=getattr(args, "host_timeout_s", DEFAULT_HOST_TIMEOUT_S))
+    timeout = getattr(args, "host_timeout_s", DEFAULT_HOST_TIMEOUT_S)
+    if not timeout > 0:
+        raise ValueError(f"--host_timeout_s={timeout} must be a positive number of seconds")
+    initialize(spec, host_timeout_s=timeout)
     return True
 
 
