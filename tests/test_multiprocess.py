@@ -3,7 +3,7 @@ started through the variables the launchers export (JAX_COORDINATOR_ADDRESS / JA
 JAX_PROCESS_ID), against 1 process x 8 devices reading the same 2 data shards.
 
 Proves: equal losses on a data and an fsdp mesh; one writer of metrics and run records; a checkpoint
-written by 2 processes resumed by 1 on the same data; SIGTERM to one host saves on both and both exit 0;
+written by 2 processes resumed by 1 on the same data; SIGTERM (or Ctrl-C) to one host saves on both and both exit 0;
 kill -9 of both then resume is exact; a killed host ends the other with exit 1 and a message naming it
 within 60 s; `eval` on 2 processes equals 1 process and writes each file once, and so does `sweep`.
 """
@@ -183,6 +183,17 @@ def test_sigterm_to_one_host_saves_on_both_then_kill_9_of_both_resumes_exactly(r
     run.check()
     assert "resumed from step" in run.output(0)
     assert_same_losses(losses(model_dir), losses(runs["data1"]), range(1, 9))
+
+
+def test_ctrl_c_on_one_host_saves_on_both_through_the_preemption_service(tmp_path):
+    model_dir = tmp_path / "run"
+    run = train(model_dir, 200, hosts=2)
+    wait_for(lambda: logged_steps(model_dir) >= 1, run, what="first logged step")
+    run.procs[0].send_signal(signal.SIGINT)
+    run.check()
+    stopped = [line for i in range(2) for line in run.output(i).splitlines() if "preempted at step" in line]
+    assert len(stopped) == 2 and stopped[0] == stopped[1], run.output()
+    assert int(stopped[0].split("preempted at step ")[1].split()[0]) in finished(model_dir)
 
 
 def test_killed_host_ends_the_other_with_exit_1_naming_it_within_60_s(tmp_path):

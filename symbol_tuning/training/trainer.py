@@ -119,11 +119,16 @@ class _PreemptionFlag:
         if self.raised:
             print("second Ctrl-C: exiting now without saving", file=sys.stderr, flush=True)
             os._exit(130)
-        if self._multi and signal.getsignal(signal.SIGTERM) is None:  # JAX's C-level SIGTERM notifier
+        if self._multi and _jax_preemption_service():
             log.warning("Ctrl-C: passing it to JAX's preemption service; all hosts save and stop "
                         "(Ctrl-C again to exit at once)")
             self.raised = True
-            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # reaches the service's C-level handler, not Python's
+            return
+        if self._multi:
+            log.warning("Ctrl-C: JAX's preemption service is not running, so the hosts cannot stop together; "
+                        "Ctrl-C again to exit at once")
+            self.raised = True
             return
         log.warning("Ctrl-C: will checkpoint at the current step and stop (Ctrl-C again to exit at once)")
         self.raised = True
@@ -138,6 +143,13 @@ class _PreemptionFlag:
         if not self._multi:
             return self.raised
         return self._checkpointer is not None and self._checkpointer.reached_preemption(step)
+
+
+def _jax_preemption_service() -> bool:
+    """Whether jax.distributed.initialize started the preemption service (which owns SIGTERM)."""
+    from jax._src import distributed as jax_distributed
+
+    return jax_distributed.global_state.preemption_sync_manager is not None
 
 
 def estimate_flops_per_token(model: BaseModel, num_params: int, sequence_length: int) -> float:
