@@ -3,9 +3,10 @@ started through the variables the launchers export (JAX_COORDINATOR_ADDRESS / JA
 JAX_PROCESS_ID), against 1 process x 8 devices reading the same 2 data shards.
 
 Proves: equal losses on a data and an fsdp mesh; one writer of metrics and run records; a checkpoint
-written by 2 processes resumed by 1 on the same data; SIGTERM (or Ctrl-C) to one host saves on both and both exit 0;
-kill -9 of both then resume is exact; a killed host ends the other with exit 1 and a message naming it
-within 60 s; `eval` on 2 processes equals 1 process and writes each file once, and so does `sweep`.
+written by 2 processes resumed by 1 on the same data; SIGTERM (or Ctrl-C) to one host saves on both and
+both exit 0; kill -9 of both then resume is exact; a killed host, or a data error on one host, ends the
+other with exit 1 and a message naming the host and the cause within 60 s; `eval` and `sweep` on 2
+processes equal 1 process and write each file (each record) once.
 """
 import json
 import os
@@ -47,7 +48,7 @@ def _env(devices: int, process_id: int | None = None, port: int | None = None) -
 class Run:
     """One command started as 2 processes x 4 devices (hosts=2) or 1 process x 8 devices (hosts=1)."""
 
-    def __init__(self, args: list[str], log_dir: pathlib.Path, *, hosts: int):
+    def __init__(self, args: list[str], log_dir: pathlib.Path, *, hosts: int, host_args: dict | None = None):
         log_dir.mkdir(parents=True, exist_ok=True)
         port = _free_port()
         self.logs = [log_dir / f"host{i}.log" for i in range(hosts)]
@@ -55,8 +56,8 @@ class Run:
         for i in range(hosts):
             env = _env(4, i, port) if hosts == 2 else _env(8)
             with open(self.logs[i], "w") as log:
-                self.procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=log,
-                                                   stderr=subprocess.STDOUT))
+                argv = [sys.executable, *args, *(host_args or {}).get(i, [])]
+                self.procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
 
     def wait(self, timeout: float = RUN_TIMEOUT_S) -> list[int]:
         deadline = time.monotonic() + timeout
@@ -209,6 +210,19 @@ def test_killed_host_ends_the_other_with_exit_1_naming_it_within_60_s(tmp_path):
     assert "host 1 lost: no heartbeat" in output
     assert elapsed < 60
     print(f"host 1 killed -> host 0 exited 1 after {elapsed:.1f} s (--host_timeout_s=10)")
+
+
+def test_data_error_on_one_host_ends_both_naming_the_host_and_the_cause(tmp_path):
+    model_dir = tmp_path / "run"
+    run = Run([*TRAIN, f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=4", "--host_timeout_s=10"],
+              tmp_path / "logs", hosts=2, host_args={1: ["--gin.INPUT_LENGTH=64"]})  # prompts too long on host 1
+    start = time.monotonic()
+    codes = run.wait(timeout=180)
+    elapsed = time.monotonic() - start
+    assert codes == [1, 1], run.output()
+    assert "host 1 failed: train: PromptTooLongError" in run.output(1)
+    assert "host 0: stopping because host 1 failed: train: PromptTooLongError" in run.output(0)
+    print(f"data error on host 1 -> both hosts exited 1 within {elapsed:.1f} s of the start")
 
 
 def test_eval_on_two_processes_equals_one_process_and_writes_each_file_once(runs, tmp_path):
