@@ -212,6 +212,22 @@ def test_killed_host_ends_the_other_with_exit_1_naming_it_within_60_s(tmp_path):
     print(f"host 1 killed -> host 0 exited 1 after {elapsed:.1f} s (--host_timeout_s=10)")
 
 
+def test_killed_coordinator_host_ends_the_other_non_zero_within_60_s(tmp_path):
+    """Process 0 holds JAX's coordination service; when it dies JAX's own agent ends the others at once
+    (SIGABRT, its message naming the leader task), before our watchdog's verdict could."""
+    model_dir = tmp_path / "run"
+    run = train(model_dir, 200, hosts=2, extra=["--host_timeout_s=10"])
+    wait_for(lambda: logged_steps(model_dir) >= 1, run, what="first logged step")
+    run.procs[0].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    code = run.procs[1].wait(timeout=120)
+    elapsed = time.monotonic() - killed
+    output = run.output(1)
+    assert code != 0 and elapsed < 60, output
+    assert "leader task" in output or "lost the coordination service on process 0" in output, output
+    print(f"host 0 killed -> host 1 exited {code} after {elapsed:.1f} s")
+
+
 def test_data_error_on_one_host_ends_both_naming_the_host_and_the_cause(tmp_path):
     model_dir = tmp_path / "run"
     run = Run([*TRAIN, f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=4", "--host_timeout_s=10"],
