@@ -20,6 +20,7 @@ import gin
 from symbol_tuning import gin_utils
 from symbol_tuning.evaluation.evaluator import EvalOptions
 from symbol_tuning.models.safetensors_io import CheckpointMismatchError
+from symbol_tuning.training.checkpoint_integrity import DamagedCheckpointError
 
 
 def _positive(flag: str):
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=_positive("--batch_size"), default=EvalOptions.batch_size)
     p.add_argument("--seed", type=int, default=EvalOptions.seed)
     p.add_argument("--model_config", default=None, help="native-style config.json the checkpoint must match")
+    p.add_argument("--allow_empty_datasets", action="store_true",
+                   help="report a dataset with no queries as missing in the tables instead of failing")
     p.add_argument("--output_dir", default="eval_results")
     p.add_argument("--label", default=None, help="model name in tables (default: checkpoint dir name)")
     return p
@@ -88,7 +91,8 @@ def run(args: argparse.Namespace) -> None:
 
     options = EvalOptions(settings=args.settings, seed=args.seed, k_per_class=args.k_per_class,
                           max_input_length=args.max_input_length, batch_size=args.batch_size,
-                          min_prompt_bucket=args.min_prompt_bucket)
+                          min_prompt_bucket=args.min_prompt_bucket,
+                          allow_empty_datasets=bool(getattr(args, "allow_empty_datasets", False)))
     suite = build_suite(args.suite, data_root=args.data_root, source=args.source, datasets=args.datasets,
                         max_queries=args.max_queries, seed=args.seed, concepts=args.concepts)
     vocabulary = get_vocabulary(args.vocabulary)
@@ -137,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         run(args)
-    except (ValueError, KeyError, FileNotFoundError, CheckpointMismatchError) as e:
+    except (ValueError, KeyError, FileNotFoundError, CheckpointMismatchError, DamagedCheckpointError) as e:
         print(f"symbol_tuning.eval: error: {e}", file=sys.stderr)
         return 1
     return 0

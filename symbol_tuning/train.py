@@ -201,9 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except gin_utils.GinConfigError as e:
         print(f"symbol-tuning train: {e}", file=sys.stderr)
         return 2
+    from symbol_tuning.training.checkpoint_integrity import DamagedCheckpointError
+    from symbol_tuning.training.run_lock import ModelDirLockedError
+
     try:
         result = train()
-    except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, KeyError, FloatingPointError, DamagedCheckpointError,
+            ModelDirLockedError) as e:
         print(f"symbol-tuning train: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     status = "preempted" if result.preempted else "done"

@@ -25,7 +25,7 @@ from symbol_tuning.models.base import BaseModel
 from symbol_tuning.models.families import config_from_record, import_hf_checkpoint, init_shapes, model_for
 from symbol_tuning.models.native_io import PARAMS_NAME, checkpoint_kind, load_native
 from symbol_tuning.models.safetensors_io import CheckpointMismatchError, read_json_file
-from symbol_tuning.training import checkpoints
+from symbol_tuning.training import checkpoint_integrity, checkpoints
 from symbol_tuning.training.partitioning import logical_shardings
 
 CONFIG_FILES = ("config.json", "model_config.json")
@@ -118,6 +118,7 @@ def _load_orbax(path: str, step: int | None, model_config: Any, mesh, rules) -> 
     step = steps[-1] if step is None else int(step)
     if step not in steps:
         raise FileNotFoundError(f"{path}: no checkpoint for step {step}; available steps: {steps}")
+    checkpoint_integrity.check_readable(path, step)
     config = model_config if model_config is not None else native_config(path)
     if config is None:
         raise ValueError(f"{path}: an Orbax training directory holds no model config; pass model_config "

@@ -111,13 +111,19 @@ def summary_markdown(summary: Mapping[str, Any], *, title: str = "") -> str:
     acc = summary.get("accuracy", {})
     settings = list(acc)
     datasets = list(dict.fromkeys(d for per in acc.values() for d in per))
+    missing = list(summary.get("missing", ()))
     lines = [f"## {title}", ""] if title else []
+    if missing and not settings:
+        lines += ["| dataset | result |", "|---|---|"] + [f"| {d} | missing (no queries) |" for d in missing] + [""]
     if settings:
         lines.append("| dataset | " + " | ".join(SETTING_TITLES.get(s, s) for s in settings) + " |")
         lines.append("|---|" + "---|" * len(settings))
         for d in datasets:
             lines.append(f"| {d} | " + " | ".join(_pct(acc[s].get(d)) for s in settings) + " |")
-        lines.append("| **average** | " + " | ".join(_pct(summary["average"][s]) for s in settings) + " |")
+        for d in missing:
+            lines.append(f"| {d} | " + " | ".join("missing (no queries)" for _ in settings) + " |")
+        average_of = f" (of {len(datasets)}; {len(missing)} missing)" if missing else ""
+        lines.append(f"| **average**{average_of} | " + " | ".join(_pct(summary["average"][s]) for s in settings) + " |")
         chance = [summary.get("flipped_chance") if s == "flipped" else summary.get("chance") for s in settings]
         lines.append("| chance | " + " | ".join(_pct(c) for c in chance) + " |")
         lines.append("")
