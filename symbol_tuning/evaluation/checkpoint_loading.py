@@ -24,7 +24,7 @@ from jax.sharding import SingleDeviceSharding
 from symbol_tuning.models.base import BaseModel
 from symbol_tuning.models.families import config_from_record, import_hf_checkpoint, init_shapes, model_for
 from symbol_tuning.models.native_io import PARAMS_NAME, checkpoint_kind, load_native
-from symbol_tuning.models.safetensors_io import CheckpointMismatchError, read_json_file
+from symbol_tuning.models.safetensors_io import CheckpointMismatchError, read_header, read_json_file
 from symbol_tuning.training import checkpoint_integrity, checkpoints
 from symbol_tuning.training.partitioning import logical_shardings
 
@@ -92,12 +92,9 @@ def _placed(model: BaseModel, params: Any, mesh, rules) -> Any:
 
 
 def _load_native(path: str, model_config: Any, mesh, rules) -> LoadedModel:
-    from safetensors import safe_open
-
     config = model_config if model_config is not None else native_config(path)
     model = model_for(config)
-    with safe_open(os.path.join(path, PARAMS_NAME), framework="numpy") as f:
-        found = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    found = {name: shape for name, (_, shape) in read_header(os.path.join(path, PARAMS_NAME)).items()}
     check_shapes(found, expected_shapes(model), source=path)
     _, params = load_native(path)
     return LoadedModel(model, _placed(model, params, mesh, rules), config, "native")
