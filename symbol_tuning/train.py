@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -17,8 +18,10 @@ import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import gin
+import jax
 
 from symbol_tuning import gin_utils
+from symbol_tuning.data import validation
 from symbol_tuning.data.pipeline import InputOptions
 from symbol_tuning.training import optimizers, partitioning
 from symbol_tuning.training.train_step import StepOptions
@@ -95,12 +98,42 @@ def local_symbol_mixture(*, name: str = "local_symbol_mixture", data_root: str =
                          overwrite=True)
     assert_tuning_names_allowed(list(datasets))
     # Renamed so that these tasks never alias the paper's hub-backed "symbol_tuning:<name>" tasks.
-    loaded = [dataclasses.replace(load_local(source=local_source(d, data_root, "train"), split="train",
-                                             skip_bad_rows=skip_bad_rows, max_examples=max_examples),
-                                  name=f"local/{d}") for d in datasets]
-    register_mixture(name, datasets=loaded, symbol_rate=symbol_rate, instruction_task=instruction_task,
-                     overwrite=True)
+    sources = [local_source(d, data_root, "train") for d in datasets]
+    loaded = [dataclasses.replace(load_local(source=src, split="train", skip_bad_rows=skip_bad_rows,
+                                             max_examples=max_examples), name=f"local/{d}")
+              for d, src in zip(datasets, sources)]
+    mixture = register_mixture(name, datasets=loaded, symbol_rate=symbol_rate, instruction_task=instruction_task,
+                               overwrite=True)
+    if symbol_rate > 0:  # checked at run start with the run's prompt budget (data.validation)
+        for (task, _), data, src in zip(mixture.entries, loaded, sources):
+            validation.note_tuning_data(task, data, files=validation.file_list(src.files), skip_bad_rows=skip_bad_rows,
+                                        rebuild=functools.partial(_replace_task, task))
     return name
+
+
+def _replace_task(task: str, data: Any) -> None:
+    from symbol_tuning.data.task_builders import symbol_task
+    from symbol_tuning.data.task_registry import TaskRegistry
+
+    TaskRegistry.add(symbol_task(task, lambda: data, num_examples=len(data.examples), check_eval=False),
+                     overwrite=True)
+
+
+def _validate_data(stream: Any, model_dir: str) -> bool:
+    """The run-start data pass over the stream's tasks (data.validation); its report goes to
+    MODEL_DIR/data_validation.json (process 0). True when a task was rebuilt without dropped rows."""
+    sampler, budget = getattr(stream, "sampler", None), getattr(stream, "budget", None)
+    if sampler is None or budget is None:
+        return False
+    reports, changed = validation.validate_run([t.name for t in sampler.tasks],
+                                               max_input_length=budget.max_input_length, length_fn=budget.length_fn)
+    if reports and jax.process_index() == 0:
+        os.makedirs(model_dir, exist_ok=True)
+        tmp = os.path.join(model_dir, f".{validation.REPORT_NAME}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"datasets": [dataclasses.asdict(r) for r in reports]}, f, indent=1, sort_keys=True)
+        os.replace(tmp, os.path.join(model_dir, validation.REPORT_NAME))
+    return changed
 
 
 def load_init_params(path: str) -> Any:
@@ -158,10 +191,13 @@ def train(*, model: Any = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED
     if inputs.batch_size % num_shards:
         raise ValueError(f"train.batch_size={inputs.batch_size} is not divisible by the {num_shards} hosts")
     mesh = partitioning.create_mesh(mesh_config or partitioning.MeshConfig())
-    stream = stream_fn(name=mixture_or_task_name, vocabulary=inputs.vocabulary,
-                       feature_lengths=inputs.feature_lengths, batch_size=inputs.batch_size // num_shards,
-                       model_family=model.family, pack=inputs.pack, seed=seed, shard_index=shard_index,
-                       num_shards=num_shards)
+    make_stream = functools.partial(stream_fn, name=mixture_or_task_name, vocabulary=inputs.vocabulary,
+                                    feature_lengths=inputs.feature_lengths, batch_size=inputs.batch_size // num_shards,
+                                    model_family=model.family, pack=inputs.pack, seed=seed, shard_index=shard_index,
+                                    num_shards=num_shards)
+    stream = make_stream()
+    if _validate_data(stream, model_dir):
+        stream = make_stream()
     return trainer.train(
         model=model, model_dir=model_dir, train_stream=stream, optimizer=optimizer(learning_rate=learning_rate_fn),
         learning_rate_fn=learning_rate_fn, mesh=mesh, rules=tuple(tuple(r) for r in logical_axis_rules),

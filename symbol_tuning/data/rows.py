@@ -72,7 +72,11 @@ def label_index(raw: Any, *, label_names: Sequence[str], label_map: Mapping[str,
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         raise DataError(f"{dataset}: {where}: label field {field!r} is missing")
     if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="replace")
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{dataset}: {where}: label field {field!r} is not valid UTF-8 ({e.reason} at byte "
+                            f"{e.start})") from None
     if label_map is not None:
         key = str(raw).strip()
         if key not in label_map:

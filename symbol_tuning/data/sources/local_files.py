@@ -19,6 +19,7 @@ from symbol_tuning.data.examples import ClassificationData, Example
 from symbol_tuning.data.rows import DataError, FieldMapping, make_examples
 from symbol_tuning.data.sources.local_source import LocalSource
 from symbol_tuning.data.sources.readers import FORMATS, BadRow, bad_row, decoded_lines, infer_format, read_records
+from symbol_tuning.data.validation import check_not_empty
 
 _TEXT_LABEL = FieldMapping(text_fields=("text",), label_field="label")
 log = logging.getLogger(__name__)
@@ -182,6 +183,7 @@ def load_local(*, spec: Any = None, split: str, path: str | None = None, source:
     rows = source_rows(source, strict=not skip_bad_rows)
     examples = make_examples(rows, dataset=source.name, mapping=mapping, label_names=source.label_names,
                              skip_bad_rows=skip_bad_rows)
+    check_not_empty(len(examples), dataset=source.name, files=source.files)
     if source.dedupe:
         first = {}
         examples = tuple(first.setdefault(ex.text, ex) for ex in examples if ex.text not in first)
