@@ -214,3 +214,34 @@ def test_kill_9_mid_save_leaves_the_previous_step_restorable(tmp_path):
     assert step == 1 and data == {"index": 1}
     np.testing.assert_array_equal(np.asarray(state["w"]), np.arange(1000, dtype=np.float32))
     assert checkpoint_integrity.verify_step(model_dir, 1).status == "ok"
+
+
+_FILL = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_trainer import CopyStream, _train
+_train(sys.argv[1], CopyStream(), 6, checkpoint_every=2, async_checkpoints=False)
+"""
+
+
+def test_disk_full_mid_save_exits_naming_enospc_keeps_the_previous_step_and_resumes_from_it(tmp_path):
+    """A real full disk: a 1.6 MB tmpfs (mounted in a user namespace, no privileges) holds step 2 but not 4."""
+    if subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True).returncode:
+        pytest.skip("this kernel refuses unprivileged mount namespaces, so no small tmpfs can be mounted")
+    mount, script = tmp_path / "small", tmp_path / "fill.py"
+    mount.mkdir()
+    script.write_text(_FILL.format(tests=str(REPO / "tests")))
+    saved = tmp_path / "saved"
+    shell = (f"mount -t tmpfs -o size=1600k tmpfs {mount} && {sys.executable} {script} {mount / 'run'}; rc=$?; "
+             f"cp -a {mount / 'run'} {saved}; exit $rc")
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", shell], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "No space left on device" in proc.stderr
+    finished = sorted(int(d) for d in os.listdir(saved) if d.isdigit())
+    assert finished == [2]  # the step that did not fit never looks finished
+    assert checkpoint_integrity.verify_step(saved, 2).status == "ok"
+    assert not (saved / run_lock.LOCK_NAME).exists()
+    result = _train(saved, CopyStream(), 6, checkpoint_every=2)  # space freed: the run goes on from step 2
+    assert result.resumed_from == 2 and result.checkpoint_steps == [2, 4, 6]

@@ -4,6 +4,7 @@ and the sweep exits 1 after the others."""
 import json
 import os
 
+import pytest
 from test_evaluation import T5_CFG, _save_orbax, t5_model
 from test_reliability_checkpoints import _flip_bit
 from test_sweep import _loader
@@ -79,3 +80,30 @@ def test_a_damaged_step_is_skipped_the_other_cells_run_and_the_cli_exits_1(tmp_p
     keys = [r["key"] for r in sweep_records.read_records(out / "results.jsonl")]
     assert keys == ["tiny|tuned|2|neither|k=1"]
     assert os.path.isfile(out / "table.md") and (tmp_path / "run" / "1").is_dir()
+
+
+def test_a_disk_full_append_leaves_a_torn_line_that_the_next_run_repairs(tmp_path, monkeypatch):
+    """Simulated ENOSPC: the second append writes half its line, then the disk is full."""
+    import errno
+
+    out, spec = tmp_path / "sweep", _spec(tmp_path)
+    real_write, calls = os.write, []
+
+    def full_disk(fd, data):
+        calls.append(len(data))
+        if len(calls) == 2:
+            real_write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(sweep_records.os, "write", full_disk)
+    with pytest.raises(OSError) as info:
+        sweep.run_sweep(spec, str(out), loader=_loader([]))
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.setattr(sweep_records.os, "write", real_write)
+    assert not (out / "results.jsonl").read_bytes().endswith(b"\n")
+    rerun = []
+    records = sweep.run_sweep(spec, str(out), after_cell=lambda r: rerun.append(r["key"]), loader=_loader([]))
+    assert len(rerun) == 2 and len(records) == 3  # the torn cell and the one never started
+    assert (out / "results.jsonl.torn.1").exists()
+    assert all(json.loads(line) for line in _lines(out / "results.jsonl")[:-1])
