@@ -5,7 +5,7 @@ import json
 
 import pytest
 from test_evaluation import OPTS, T5_CFG, _params, _save_orbax, t5_model
-from test_reliability_checkpoints import _flip_bit
+from test_reliability_checkpoints import _flip_bit, _truncate
 
 from symbol_tuning import eval as eval_cli
 from symbol_tuning.data.embedded.datasets import generated_classification
@@ -13,11 +13,20 @@ from symbol_tuning.data.vocabularies import get_vocabulary
 from symbol_tuning.evaluation import evaluator, reporting
 from symbol_tuning.evaluation.evaluator import EvalOptions
 from symbol_tuning.evaluation.suites import EvalDataset, suite_from_data
+from symbol_tuning.training import checkpoint_integrity
 
 
-def test_eval_all_steps_skips_a_damaged_step_evaluates_the_others_and_exits_1(tmp_path, capsys):
+def _truncate_unverified(step_dir):
+    """An older step without a checksum manifest whose largest array file is cut in half."""
+    (step_dir / checkpoint_integrity.MANIFEST).unlink()
+    _truncate(step_dir)
+    return step_dir / "state"
+
+
+@pytest.mark.parametrize("damage", [_flip_bit, _truncate_unverified])
+def test_eval_all_steps_skips_a_damaged_step_evaluates_the_others_and_exits_1(tmp_path, capsys, damage):
     _save_orbax(str(tmp_path / "run"), t5_model(T5_CFG), [1, 2, 3])
-    culprit = _flip_bit(tmp_path / "run" / "2")
+    culprit = damage(tmp_path / "run" / "2")
     (tmp_path / "config.json").write_text(json.dumps({"family": "encoder_decoder", "config": T5_CFG.to_dict()}))
     out = tmp_path / "eval"
     argv = [f"--checkpoint={tmp_path / 'run'}", "--all_steps", "--suite=embedded", "--datasets=product_review",
@@ -26,7 +35,7 @@ def test_eval_all_steps_skips_a_damaged_step_evaluates_the_others_and_exits_1(tm
             f"--output_dir={out}"]
     assert eval_cli.main(argv) == 1
     err = capsys.readouterr().err
-    assert "checkpoint step 2 is damaged" in err and culprit.name in err and "evaluated: [1, 3]" in err
+    assert "checkpoint step 2 is damaged" in err and str(culprit) in err and "evaluated: [1, 3]" in err
     assert reporting.step_done(str(out), 1) and reporting.step_done(str(out), 3)
     assert not reporting.step_done(str(out), 2)
     assert (tmp_path / "run" / "2").is_dir()  # eval reads only: the damaged step is left where it is

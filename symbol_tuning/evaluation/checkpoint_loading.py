@@ -115,7 +115,7 @@ def _load_orbax(path: str, step: int | None, model_config: Any, mesh, rules) -> 
     step = steps[-1] if step is None else int(step)
     if step not in steps:
         raise FileNotFoundError(f"{path}: no checkpoint for step {step}; available steps: {steps}")
-    checkpoint_integrity.check_readable(path, step)
+    verdict = checkpoint_integrity.check_readable(path, step)
     config = model_config if model_config is not None else native_config(path)
     if config is None:
         raise ValueError(f"{path}: an Orbax training directory holds no model config; pass model_config "
@@ -129,7 +129,15 @@ def _load_orbax(path: str, step: int | None, model_config: Any, mesh, rules) -> 
     else:
         shardings = {k: SingleDeviceSharding(jax.devices()[0]) for k in meta}
     abstract = {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype, sharding=shardings[k]) for k, v in meta.items()}
-    return LoadedModel(model, checkpoints.restore_params(path, step, abstract), config, "orbax", step)
+    try:
+        params = checkpoints.restore_params(path, step, abstract)
+    except Exception as e:  # noqa: BLE001 - TensorStore raises a bare Exception for unreadable array files
+        if verdict.status == "ok":
+            raise
+        raise checkpoint_integrity.DamagedCheckpointError(
+            step, os.path.join(path, str(step), checkpoints.STATE_ITEM),
+            f"no checksum manifest, and its arrays cannot be read ({str(e).splitlines()[0][:300]})") from None
+    return LoadedModel(model, params, config, "orbax", step)
 
 
 def load_for_eval(path: str, *, model_config: Any = None, step: int | None = None, mesh=None,

@@ -182,9 +182,10 @@ def restore_newest_good(directory: str | epath.PathLike, steps: Sequence[int], r
     return None, None, damaged
 
 
-def check_readable(directory: str | epath.PathLike, step: int) -> None:
-    """Raise DamagedCheckpointError naming the file when the step is damaged (readers such as eval: nothing
-    is moved)."""
+def check_readable(directory: str | epath.PathLike, step: int) -> Verdict:
+    """The step's verdict; DamagedCheckpointError naming the file when it is damaged (for readers such as
+    eval: nothing is moved)."""
     verdict = verify_step(directory, step)
     if verdict.status == "damaged":
         raise DamagedCheckpointError(step, verdict.path, verdict.reason)
+    return verdict
