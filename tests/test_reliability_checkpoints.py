@@ -130,16 +130,21 @@ def test_config_mismatch_on_a_good_step_is_raised_not_taken_for_damage(trained, 
     assert sorted(int(d) for d in os.listdir(model_dir) if d.isdigit()) == [2, 4]
 
 
-def test_saving_over_a_finished_step_is_refused(trained, tmp_path):
+def test_saving_over_a_step_another_writer_finished_is_refused(trained, tmp_path):
+    import shutil
+
     model_dir = _copy(trained, tmp_path)
-    before = (model_dir / "4" / checkpoint_integrity.MANIFEST).read_bytes()
-    ckpt = Checkpointer(str(model_dir), async_save=False)
+    other = tmp_path / "other_step_4"
+    shutil.move(model_dir / "4", other)
+    ckpt = Checkpointer(str(model_dir), async_save=False)  # it knows step 2 only
     try:
-        with pytest.raises(RuntimeError, match="step 4 is already a finished checkpoint"):
+        shutil.move(other, model_dir / "4")  # another writer finishes step 4 meanwhile
+        before = {p: p.read_bytes() for p in (model_dir / "4").rglob("*") if p.is_file()}
+        with pytest.raises(RuntimeError, match="step 4 is already a finished checkpoint; refusing to overwrite"):
             ckpt.save(4, {"x": np.zeros(3)}, {}, force=True)
     finally:
         ckpt.close()
-    assert (model_dir / "4" / checkpoint_integrity.MANIFEST).read_bytes() == before
+    assert {p: p.read_bytes() for p in (model_dir / "4").rglob("*") if p.is_file()} == before
 
 
 def _lock_holder(model_dir):
@@ -245,3 +250,22 @@ def test_disk_full_mid_save_exits_naming_enospc_keeps_the_previous_step_and_resu
     assert not (saved / run_lock.LOCK_NAME).exists()
     result = _train(saved, CopyStream(), 6, checkpoint_every=2)  # space freed: the run goes on from step 2
     assert result.resumed_from == 2 and result.checkpoint_steps == [2, 4, 6]
+
+
+def test_two_train_commands_on_one_model_dir_the_second_is_refused_naming_the_first(tmp_path):
+    from test_resume import _cli, _env, _spawn, _wait_for
+
+    model_dir = tmp_path / "run"
+    first = _spawn(model_dir, "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_EVERY=2")
+    try:
+        _wait_for(lambda: (model_dir / "2").is_dir(), first, 400, "the first run's checkpoint 2")
+        second = subprocess.run(_cli(model_dir, "--gin.TRAIN_STEPS=4"), cwd=REPO, env=_env(), capture_output=True,
+                                text=True, timeout=400)
+        assert first.poll() is None  # the first run is untouched and still training
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    assert second.returncode == 1
+    assert f"model dir is in use by process {first.pid} on host" in second.stderr
+    assert json.loads((model_dir / run_lock.LOCK_NAME).read_text())["pid"] == first.pid
+    assert "train" not in second.stdout and "Traceback" not in second.stderr
