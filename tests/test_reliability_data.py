@@ -102,3 +102,26 @@ def test_a_non_utf8_byte_in_a_json_source_names_the_file_and_line(tmp_path):
     path.write_bytes(b'[\n {"text": "fine", "label": 0},\n {"text": "caf\xe9", "label": 1}\n]\n')
     with pytest.raises(DataError, match=f"{path}:3: not valid utf-8"):
         list(read_records(str(path)))
+
+
+@pytest.mark.parametrize("name,content,where", [
+    ("pairs.json", b'[{"inputs": "caf\xe9", "targets": "x"}]', "not valid UTF-8"),
+    ("pairs.csv", b"inputs,targets\nfine,x\ncaf\xe9,y\n", "not valid UTF-8 after line"),
+])
+def test_instruction_files_with_a_non_utf8_byte_name_the_file(tmp_path, name, content, where):
+    from symbol_tuning.data.instruction_data import load_instruction_data
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=f"{path}: {where}"):
+        load_instruction_data(str(path))
+
+
+def test_a_hub_value_that_is_not_utf8_is_reported_naming_the_row_not_replaced():
+    from symbol_tuning.data.rows import FieldMapping, make_examples
+    from symbol_tuning.data.sources.hub import _decode
+
+    rows = [("tfds:x row 0", {"text": _decode(b"fine"), "label": 0}),
+            ("tfds:x row 1", {"text": _decode(b"caf\xe9"), "label": 1})]
+    with pytest.raises(DataError, match="tfds:x row 1: field 'text' is not valid UTF-8"):
+        make_examples(rows, dataset="x", mapping=FieldMapping(("text",), "label"), label_names=("a", "b"))
