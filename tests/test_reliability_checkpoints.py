@@ -39,6 +39,12 @@ def _flip_bit(step_dir):
     return path
 
 
+def _delete_array_file(step_dir):
+    path = _largest_array_file(step_dir)
+    path.unlink()
+    return path
+
+
 def _delete_metadata(step_dir):
     path = step_dir / "state" / "_METADATA"
     path.unlink()
@@ -74,7 +80,7 @@ def _copy(trained, tmp_path):
     return dst
 
 
-@pytest.mark.parametrize("damage", [_truncate, _flip_bit, _delete_metadata, _truncate_metadata,
+@pytest.mark.parametrize("damage", [_truncate, _delete_array_file, _flip_bit, _delete_metadata, _truncate_metadata,
                                     _delete_data_position])
 def test_damaged_latest_step_is_moved_aside_and_the_run_resumes_from_the_previous_step(trained, tmp_path, damage,
                                                                                      caplog):
