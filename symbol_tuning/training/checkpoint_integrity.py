@@ -164,8 +164,8 @@ def restore_newest_good(directory: str | epath.PathLike, steps: Sequence[int], r
 
     A restore error of a step that is not damaged (a config or mesh mismatch) is raised, never taken for
     damage: moving every step aside because of a config typo would silently restart the run. Every process
-    reaches the same verdicts (they read the same files); `barrier(name)` is called after each move so
-    that no process reads a directory while it moves.
+    reaches the same verdicts (they read the same files); `barrier(name)` is called before and after
+    each move so that no process reads a directory while it moves.
     """
     damaged: list[DamagedCheckpointError] = []
     for step in sorted(steps, reverse=True):
@@ -174,6 +174,8 @@ def restore_newest_good(directory: str | epath.PathLike, steps: Sequence[int], r
             return step, restore(step), damaged
         error = DamagedCheckpointError(step, verdict.path, verdict.reason)
         damaged.append(error)
+        if barrier is not None:  # every process has read the step before it moves
+            barrier(f"checkpoint_verified_{step}")
         if is_primary:
             moved = quarantine(directory, step, path=verdict.path, reason=verdict.reason)
             log.error("%s; moved to %s, trying the previous step", error, moved)
