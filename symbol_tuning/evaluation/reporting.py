@@ -46,31 +46,17 @@ def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
 
 
 def append_jsonl(path: str, record: Mapping[str, Any]) -> None:
-    """Append one record as one line and flush it to disk (resumable logs)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one record as one whole line and fsync it (resumable logs; see sweep_records)."""
+    from symbol_tuning.evaluation import sweep_records
+
+    sweep_records.append_record(path, record)
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """Records of a JSONL file; a torn last line (a killed writer) is ignored, any other bad line raises."""
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    out = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if number == len(lines):  # no trailing newline: the write was cut short
-                break
-            raise ValueError(f"{path}:{number}: not a JSON record ({e.msg})") from None
-    return out
+    """Records of a JSONL file; a torn last line (a killed writer) is left out, any other bad line raises."""
+    from symbol_tuning.evaluation import sweep_records
+
+    return sweep_records.read_records(path, repair=False)
 
 
 def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:

@@ -5,7 +5,9 @@ keeping the last `max_to_keep`. Orbax writes each step into a temporary director
 when complete, so a partial checkpoint is never visible as a finished step. The input position of
 every host is saved with the state so that a resumed run reads exactly the batches the
 uninterrupted run would have read. Restoring takes an abstract state whose leaves carry the target
-shardings, so a checkpoint written on one mesh restores onto another.
+shardings, so a checkpoint written on one mesh restores onto another. Each finished step gets a checksum
+manifest, and `restore_newest` falls back past damaged steps (training.checkpoint_integrity); a step
+that is already finished on disk is never saved over.
 """
 from __future__ import annotations
 

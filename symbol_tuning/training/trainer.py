@@ -6,6 +6,8 @@ together; the first non-finite loss stops the run naming its step, before any la
 A checkpoint at step k holds the state after k updates and every host's input position right after
 its k-th batch, so a restarted run reads exactly the batches the uninterrupted run would have read.
 SIGTERM (preemption) sets a flag; the loop saves at the current step, waits for the save and returns.
+The run owns its model dir (training.run_lock) and resumes from the newest step that verifies, moving a
+damaged newer one aside (training.checkpoint_integrity).
 No TensorFlow or SeqIO here.
 """
 from __future__ import annotations
