@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
     options = EvalOptions(settings=args.settings, seed=args.seed, k_per_class=args.k_per_class,
                           max_input_length=args.max_input_length, batch_size=args.batch_size,
                           min_prompt_bucket=args.min_prompt_bucket,
-                          allow_empty_datasets=bool(getattr(args, "allow_empty_datasets", False)))
+                          allow_empty_datasets=args.allow_empty_datasets)
     suite = build_suite(args.suite, data_root=args.data_root, source=args.source, datasets=args.datasets,
                         max_queries=args.max_queries, seed=args.seed, concepts=args.concepts)
     vocabulary = get_vocabulary(args.vocabulary)
@@ -118,15 +118,15 @@ def flags(*, checkpoint: str | None = None, step: int | None = None, all_steps: 
           concepts: Sequence[str] | None = None, k_per_class: int | None = None, vocabulary: str | None = None,
           max_input_length: int | None = None, min_prompt_bucket: int | None = None,
           max_queries: int | None = None, batch_size: int | None = None, seed: int | None = None,
-          model_config: str | None = None, output_dir: str | None = None, label: str | None = None
-          ) -> dict[str, Any]:
+          model_config: str | None = None, output_dir: str | None = None, label: str | None = None,
+          allow_empty_datasets: bool | None = None) -> dict[str, Any]:
     """The eval flags as gin bindings (`evaluate.flags.suite = 'paper'`, see gin_configs/runs/eval.gin);
     flags given on the command line win over the config."""
     values = dict(checkpoint=checkpoint, step=step, all_steps=all_steps, suite=suite, data_root=data_root,
                   source=source, datasets=datasets, settings=settings, concepts=concepts, k_per_class=k_per_class,
                   vocabulary=vocabulary, max_input_length=max_input_length, min_prompt_bucket=min_prompt_bucket,
                   max_queries=max_queries, batch_size=batch_size, seed=seed, model_config=model_config,
-                  output_dir=output_dir, label=label)
+                  output_dir=output_dir, label=label, allow_empty_datasets=allow_empty_datasets)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None}
 
 

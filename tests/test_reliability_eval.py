@@ -68,3 +68,4 @@ def test_empty_eval_dataset_is_reported_missing_in_the_table_with_the_flag(suite
     table = reporting.summary_markdown(result.summary)
     assert "| stance_on_cats | missing (no queries) |" in table
     assert "**average** (of 1; 1 missing)" in table
+
