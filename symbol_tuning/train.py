@@ -99,15 +99,17 @@ def local_symbol_mixture(*, name: str = "local_symbol_mixture", data_root: str =
     assert_tuning_names_allowed(list(datasets))
     # Renamed so that these tasks never alias the paper's hub-backed "symbol_tuning:<name>" tasks.
     sources = [local_source(d, data_root, "train") for d in datasets]
+    counts: list[dict[str, int]] = [{} for _ in datasets]
     loaded = [dataclasses.replace(load_local(source=src, split="train", skip_bad_rows=skip_bad_rows,
-                                             max_examples=max_examples), name=f"local/{d}")
-              for d, src in zip(datasets, sources)]
+                                             max_examples=max_examples, counts=n), name=f"local/{d}")
+              for d, src, n in zip(datasets, sources, counts)]
     mixture = register_mixture(name, datasets=loaded, symbol_rate=symbol_rate, instruction_task=instruction_task,
                                overwrite=True)
     if symbol_rate > 0:  # checked at run start with the run's prompt budget (data.validation)
-        for (task, _), data, src in zip(mixture.entries, loaded, sources):
+        for (task, _), data, src, n in zip(mixture.entries, loaded, sources, counts):
             validation.note_tuning_data(task, data, files=validation.file_list(src.files), skip_bad_rows=skip_bad_rows,
-                                        rebuild=functools.partial(_replace_task, task))
+                                        rebuild=functools.partial(_replace_task, task),
+                                        skipped_bad_rows=n.get("skipped_bad_rows", 0))
     return name
 
 

@@ -88,12 +88,15 @@ def test_a_row_too_long_to_fit_stops_the_run_before_any_step_and_skip_bad_rows_d
     assert f"local/cola: ['{path}']: row 5 ('long long" in out.stderr
     assert "over max_input_length=" in out.stderr and "skip_bad_rows=True" in out.stderr
     assert not model_dir.exists() or not [d for d in os.listdir(model_dir) if d.isdigit()]
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("a row whose label is not in the label set\t7\n")  # skipped by the reader, and counted
     out = _run(_cli(model_dir, root, "--gin_bindings=data.local_symbol_mixture.skip_bad_rows = True"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "dropped 1 rows whose prompt cannot fit" in out.stderr
     report = json.loads((model_dir / validation.REPORT_NAME).read_text())
     (entry,) = report["datasets"]
-    assert entry["dataset"] == "local/cola" and entry["rows"] == 13 and entry["dropped_too_long"] == 1
+    assert entry["dataset"] == "local/cola" and entry["rows"] == 13
+    assert entry["dropped_too_long"] == 1 and entry["skipped_bad_rows"] == 1
     assert entry["files"] == [str(path)] and (model_dir / "2").is_dir()
 
 

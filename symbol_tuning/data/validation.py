@@ -56,6 +56,7 @@ class DatasetReport:
     dataset: str
     files: list[str]
     rows: int
+    skipped_bad_rows: int = 0
     dropped_too_long: int = 0
     first_dropped: str = ""
 
@@ -66,6 +67,7 @@ class _Noted:
     files: tuple[str, ...]
     skip_bad_rows: bool
     rebuild: Callable[[ClassificationData], Any]
+    skipped_bad_rows: int = 0
 
 
 _NOTED: dict[str, _Noted] = {}
@@ -73,11 +75,12 @@ _LOCK = threading.Lock()
 
 
 def note_tuning_data(task: str, data: ClassificationData, *, files: Sequence[str], skip_bad_rows: bool,
-                     rebuild: Callable[[ClassificationData], Any]) -> None:
+                     rebuild: Callable[[ClassificationData], Any], skipped_bad_rows: int = 0) -> None:
     """Remember a registered tuning task's in-memory data for the run-start pass; `rebuild(cleaned)`
-    re-registers the task with the rows that fit (called only when rows are dropped)."""
+    re-registers the task with the rows that fit (called only when rows are dropped); `skipped_bad_rows`
+    (unparseable rows the reader dropped) goes into the report."""
     with _LOCK:
-        _NOTED[task] = _Noted(data, tuple(files), skip_bad_rows, rebuild)
+        _NOTED[task] = _Noted(data, tuple(files), skip_bad_rows, rebuild, skipped_bad_rows)
 
 
 def _class_check(data: ClassificationData, files: Sequence[str]) -> None:
@@ -147,6 +150,7 @@ def validate_run(tasks: Sequence[str], *, max_input_length: int, length_fn: Call
             continue
         cleaned, report = validate_tuning_data(task, noted.data, files=noted.files, max_input_length=max_input_length,
                                                length_fn=length_fn, skip_bad_rows=noted.skip_bad_rows)
+        report.skipped_bad_rows = noted.skipped_bad_rows
         reports.append(report)
         if cleaned is not noted.data:
             noted.rebuild(cleaned)
