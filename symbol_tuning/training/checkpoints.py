@@ -39,6 +39,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(save_interval_steps=save_interval_steps, max_to_keep=max_to_keep,
                                                enable_async_checkpointing=async_save, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE_ITEM, DATA_ITEM))
+        self._sealer = checkpoint_integrity.Sealer(self.directory, lambda: finished_steps(self.directory))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -49,7 +50,9 @@ class Checkpointer:
     def save(self, step: int, state: Any, data_state: dict | None = None, *, force: bool = False) -> bool:
         """Start saving `state` at `step` (returns False when the interval says not now); a finished step is
         never overwritten (RuntimeError: another writer made it)."""
-        self.wait_until_finished()
+        self._manager.wait_until_finished()  # Orbax waits for the previous save here anyway
+        if self.is_primary:
+            self._sealer.start()  # the previous step's manifest is written while training goes on
         if step in finished_steps(self.directory):
             raise RuntimeError(f"{self.directory}: step {step} is already a finished checkpoint; refusing to "
                                "overwrite it (is another trainer writing this model dir?)")
@@ -91,7 +94,7 @@ class Checkpointer:
         """Wait for in-flight saves, then write the checksum manifest of every finished step (process 0)."""
         self._manager.wait_until_finished()
         if self.is_primary:
-            checkpoint_integrity.seal(self.directory, finished_steps(self.directory))
+            self._sealer.finish()
         _barrier("checkpoint_sealed")
 
     def close(self) -> None:
