@@ -24,6 +24,7 @@ from symbol_tuning import gin_utils
 from symbol_tuning.evaluation.evaluator import EvalOptions
 from symbol_tuning.models.safetensors_io import CheckpointMismatchError
 from symbol_tuning.training import distributed
+from symbol_tuning.training.checkpoint_integrity import DamagedCheckpointError
 
 
 def _positive(flag: str):
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=_positive("--batch_size"), default=EvalOptions.batch_size)
     p.add_argument("--seed", type=int, default=EvalOptions.seed)
     p.add_argument("--model_config", default=None, help="native-style config.json the checkpoint must match")
+    p.add_argument("--allow_empty_datasets", action="store_true",
+                   help="report a dataset with no queries as missing in the tables instead of failing")
     p.add_argument("--output_dir", default="eval_results")
     p.add_argument("--label", default=None, help="model name in tables (default: checkpoint dir name)")
     distributed.add_flags(p)
@@ -94,7 +97,8 @@ def run(args: argparse.Namespace) -> None:
 
     options = EvalOptions(settings=args.settings, seed=args.seed, k_per_class=args.k_per_class,
                           max_input_length=args.max_input_length, batch_size=args.batch_size,
-                          min_prompt_bucket=args.min_prompt_bucket)
+                          min_prompt_bucket=args.min_prompt_bucket,
+                          allow_empty_datasets=args.allow_empty_datasets)
     suite = build_suite(args.suite, data_root=args.data_root, source=args.source, datasets=args.datasets,
                         max_queries=args.max_queries, seed=args.seed, concepts=args.concepts)
     vocabulary = get_vocabulary(args.vocabulary)
@@ -124,15 +128,15 @@ def flags(*, checkpoint: str | None = None, step: int | None = None, all_steps: 
           concepts: Sequence[str] | None = None, k_per_class: int | None = None, vocabulary: str | None = None,
           max_input_length: int | None = None, min_prompt_bucket: int | None = None,
           max_queries: int | None = None, batch_size: int | None = None, seed: int | None = None,
-          model_config: str | None = None, output_dir: str | None = None, label: str | None = None
-          ) -> dict[str, Any]:
+          model_config: str | None = None, output_dir: str | None = None, label: str | None = None,
+          allow_empty_datasets: bool | None = None) -> dict[str, Any]:
     """The eval flags as gin bindings (`evaluate.flags.suite = 'paper'`, see gin_configs/runs/eval.gin);
     flags given on the command line win over the config."""
     values = dict(checkpoint=checkpoint, step=step, all_steps=all_steps, suite=suite, data_root=data_root,
                   source=source, datasets=datasets, settings=settings, concepts=concepts, k_per_class=k_per_class,
                   vocabulary=vocabulary, max_input_length=max_input_length, min_prompt_bucket=min_prompt_bucket,
                   max_queries=max_queries, batch_size=batch_size, seed=seed, model_config=model_config,
-                  output_dir=output_dir, label=label)
+                  output_dir=output_dir, label=label, allow_empty_datasets=allow_empty_datasets)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None}
 
 
@@ -151,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
     try:
         run(args)
-    except (ValueError, KeyError, FileNotFoundError, CheckpointMismatchError) as e:
+    except (ValueError, KeyError, FileNotFoundError, CheckpointMismatchError, DamagedCheckpointError) as e:
         distributed.report_failure(e, command="eval")
         print(f"symbol_tuning.eval: error: {e}", file=sys.stderr)
         return 1

@@ -9,9 +9,12 @@ cell by cell, ending in the paper's Table 1 and plots.
                                "tuned": "/runs/st_xl", "steps": [1000, 2000, 4000],
                                "model_config": "/ckpt/flan_t5_xl/config.json"}}}
 
-A cell is (model, variant, step, setting, k). Each finished cell is appended (and fsynced) to
-DIR/results.jsonl under its key; a restarted sweep reads the keys and runs only the missing cells, so
-a sweep killed mid-way finishes exactly what is left. A checkpoint is loaded once for all its missing
+A cell is (model, variant, step, setting, k). Each finished cell is appended as one whole line (and
+fsynced) to DIR/results.jsonl under its key, with what it measured (checkpoint step + content hash,
+suite and settings: evaluation.sweep_records); a restarted sweep runs only the cells that are missing
+or whose checkpoint or inputs changed, so a sweep killed mid-way finishes exactly what is left (a torn
+last line is moved aside and its cell rerun). A damaged checkpoint's cells are skipped with a message
+and the sweep exits 1 after the others. A checkpoint is loaded once for all its missing
 cells. At the end: results.csv, table.md (rows: models; columns: settings; cells "baseline -> tuned
 (+change)" at the last step of the tuned run, one table per k), settings.png (grouped bars) and, for a
 tuned run with several steps, accuracy_vs_step_<model>.png. Only process 0 writes.
@@ -30,6 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import gin
 
 from symbol_tuning import gin_utils
+from symbol_tuning.training.checkpoint_integrity import DamagedCheckpointError
 
 log = logging.getLogger(__name__)
 VARIANTS = ("baseline", "tuned")
@@ -120,12 +124,6 @@ def plan_cells(spec: Mapping[str, Any], settings: Sequence[str]) -> list[Cell]:
     return cells
 
 
-def done_keys(output_dir: str) -> set[str]:
-    from symbol_tuning.evaluation.reporting import read_jsonl
-
-    return {r["key"] for r in read_jsonl(os.path.join(output_dir, RESULTS)) if "key" in r}
-
-
 def _settings_for(spec: Mapping[str, Any], suite) -> list[str]:
     from symbol_tuning.evaluation.evaluator import EVAL_SETTINGS, GENERATIVE
 
@@ -170,7 +168,7 @@ def run_sweep(spec: Mapping[str, Any], output_dir: str, *, after_cell: Callable[
     `rules`: params placed on the mesh, every host scoring its share of each batch).
     """
     from symbol_tuning.data.vocabularies import get_vocabulary
-    from symbol_tuning.evaluation import reporting
+    from symbol_tuning.evaluation import reporting, sweep_records
     from symbol_tuning.evaluation.checkpoint_loading import config_from_file, load_for_eval
     from symbol_tuning.evaluation.suites import build_suite
 
@@ -179,26 +177,48 @@ def run_sweep(spec: Mapping[str, Any], output_dir: str, *, after_cell: Callable[
                         source=spec.get("source", "local"), datasets=spec.get("datasets"),
                         max_queries=spec.get("max_queries"), seed=spec.get("seed", 0), concepts=spec.get("concepts"))
     cells = plan_cells(spec, _settings_for(spec, suite))
-    done = done_keys(output_dir)
+    results = os.path.join(output_dir, RESULTS)
+    stored = {r["key"]: r for r in latest_records(sweep_records.read_records(results,
+                                                                             repair=reporting.is_process_zero()))}
     loader = loader or functools.partial(load_for_eval, mesh=mesh, rules=rules)
-    todo = [c for c in cells if c.key not in done]
+    identity: dict[tuple, dict] = {}
+    todo = []
+    for c in cells:
+        entry = spec["models"][c.model]
+        ident = identity.setdefault((c.model, c.variant, c.step),
+                                    sweep_records.checkpoint_identity(entry[c.variant], c.step))
+        if c.key not in stored or not sweep_records.is_current(stored[c.key], ident,
+                                                               sweep_records.cell_inputs(spec, entry)):
+            todo.append(c)
     log.info("sweep: %d cells, %d done, %d to run", len(cells), len(cells) - len(todo), len(todo))
-    loaded_key, loaded = None, None
+    loaded_key, loaded, damaged = None, None, []
     for cell in todo:
         entry = spec["models"][cell.model]
         ckpt_key = (cell.model, cell.variant, cell.step)
+        if any(key == ckpt_key for key, _ in damaged):
+            continue
         if ckpt_key != loaded_key:
             config_path = entry.get("model_config")
             config = config_from_file(config_path) if config_path else None
-            loaded, loaded_key = loader(entry[cell.variant], model_config=config, step=cell.step), ckpt_key
+            try:
+                loaded, loaded_key = loader(entry[cell.variant], model_config=config, step=cell.step), ckpt_key
+            except DamagedCheckpointError as e:
+                log.error("sweep: %s; its cells are skipped, going on with the others", e)
+                damaged.append((ckpt_key, e))
+                continue
         record = _cell_result(cell, loaded, suite, get_vocabulary(entry.get("vocabulary", "bytes")), spec, mesh)
-        record["checkpoint"] = entry[cell.variant]
+        record.update(checkpoint=entry[cell.variant], identity=identity[ckpt_key],
+                      inputs=sweep_records.cell_inputs(spec, entry))
         if reporting.is_process_zero():
-            reporting.append_jsonl(os.path.join(output_dir, RESULTS), record)
+            sweep_records.append_record(results, record)
         if after_cell is not None:
             after_cell(record)
-    records = latest_records(reporting.read_jsonl(os.path.join(output_dir, RESULTS)), {c.key for c in cells})
+    records = latest_records(sweep_records.read_records(results, repair=False), {c.key for c in cells})
     write_reports(records, output_dir)
+    if damaged:
+        first = damaged[0][1]
+        raise DamagedCheckpointError(first.step, first.path, f"{first.reason}; cells of damaged checkpoints skipped: "
+                                     f"{[f'{m}|{v}|{s}' for (m, v, s), _ in damaged]}")
     return records
 
 
@@ -295,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             spec["settings"] = [s.strip() for s in args.settings.split(",") if s.strip()]
         mesh, rules = distributed.evaluation_mesh()
         run_sweep(spec, args.output_dir, mesh=mesh, rules=rules)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (ValueError, KeyError, FileNotFoundError, DamagedCheckpointError) as e:
         distributed.report_failure(e, command="sweep")
         print(f"symbol_tuning.sweep: error: {e}", file=sys.stderr)
         return 1

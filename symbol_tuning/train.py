@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import json
 import logging
 import os
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import gin
+import jax
 
 from symbol_tuning import gin_utils
+from symbol_tuning.data import validation
 from symbol_tuning.data.pipeline import InputOptions
 from symbol_tuning.training import distributed, optimizers, partitioning, run_record
 from symbol_tuning.training.train_step import StepOptions
@@ -96,12 +100,44 @@ def local_symbol_mixture(*, name: str = "local_symbol_mixture", data_root: str =
                          overwrite=True)
     assert_tuning_names_allowed(list(datasets))
     # Renamed so that these tasks never alias the paper's hub-backed "symbol_tuning:<name>" tasks.
-    loaded = [dataclasses.replace(load_local(source=local_source(d, data_root, "train"), split="train",
-                                             skip_bad_rows=skip_bad_rows, max_examples=max_examples),
-                                  name=f"local/{d}") for d in datasets]
-    register_mixture(name, datasets=loaded, symbol_rate=symbol_rate, instruction_task=instruction_task,
-                     overwrite=True)
+    sources = [local_source(d, data_root, "train") for d in datasets]
+    counts: list[dict[str, int]] = [{} for _ in datasets]
+    loaded = [dataclasses.replace(load_local(source=src, split="train", skip_bad_rows=skip_bad_rows,
+                                             max_examples=max_examples, counts=n), name=f"local/{d}")
+              for d, src, n in zip(datasets, sources, counts)]
+    mixture = register_mixture(name, datasets=loaded, symbol_rate=symbol_rate, instruction_task=instruction_task,
+                               overwrite=True)
+    if symbol_rate > 0:  # checked at run start with the run's prompt budget (data.validation)
+        for (task, _), data, src, n in zip(mixture.entries, loaded, sources, counts):
+            validation.note_tuning_data(task, data, files=validation.file_list(src.files), skip_bad_rows=skip_bad_rows,
+                                        rebuild=functools.partial(_replace_task, task),
+                                        skipped_bad_rows=n.get("skipped_bad_rows", 0))
     return name
+
+
+def _replace_task(task: str, data: Any) -> None:
+    from symbol_tuning.data.task_builders import symbol_task
+    from symbol_tuning.data.task_registry import TaskRegistry
+
+    TaskRegistry.add(symbol_task(task, lambda: data, num_examples=len(data.examples), check_eval=False),
+                     overwrite=True)
+
+
+def _validate_data(stream: Any, model_dir: str) -> bool:
+    """The run-start data pass over the stream's tasks (data.validation); its report goes to
+    MODEL_DIR/data_validation.json (process 0). True when a task was rebuilt without dropped rows."""
+    sampler, budget = getattr(stream, "sampler", None), getattr(stream, "budget", None)
+    if sampler is None or budget is None:
+        return False
+    reports, changed = validation.validate_run([t.name for t in sampler.tasks],
+                                               max_input_length=budget.max_input_length, length_fn=budget.length_fn)
+    if reports and jax.process_index() == 0:
+        from symbol_tuning.training import storage
+
+        storage.write_text(storage.resolve(model_dir, what="model_dir") / validation.REPORT_NAME,
+                           json.dumps({"datasets": [dataclasses.asdict(r) for r in reports]}, indent=1,
+                                      sort_keys=True))
+    return changed
 
 
 def load_init_params(path: str, *, model: Any = None, mesh: Any = None, rules: Any = None) -> Any:
@@ -184,12 +220,18 @@ def train(*, model: Any = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED
     rules = tuple(tuple(r) for r in logical_axis_rules)
     run_record.write_run_record(model_dir, model_config=model.config, gin_config=gin.config_str())
     init_params = load_init_params(init_checkpoint, model=model, mesh=mesh, rules=rules) if init_checkpoint else None
-    stream = ShardedStream(
-        lambda shard: stream_fn(name=mixture_or_task_name, vocabulary=inputs.vocabulary,
-                                feature_lengths=inputs.feature_lengths, batch_size=inputs.batch_size // num_shards,
-                                model_family=model.family, pack=inputs.pack, seed=seed, shard_index=shard,
-                                num_shards=num_shards),
-        num_shards=num_shards, process_index=process_index, process_count=process_count)
+
+    def make_stream() -> ShardedStream:
+        return ShardedStream(
+            lambda shard: stream_fn(name=mixture_or_task_name, vocabulary=inputs.vocabulary,
+                                    feature_lengths=inputs.feature_lengths, batch_size=inputs.batch_size // num_shards,
+                                    model_family=model.family, pack=inputs.pack, seed=seed, shard_index=shard,
+                                    num_shards=num_shards),
+            num_shards=num_shards, process_index=process_index, process_count=process_count)
+
+    stream = make_stream()
+    if _validate_data(stream.streams[0], model_dir):
+        stream = make_stream()
     return trainer.train(
         model=model, model_dir=model_dir, train_stream=stream, optimizer=optimizer(learning_rate=learning_rate_fn),
         learning_rate_fn=learning_rate_fn, mesh=mesh, rules=rules,
@@ -226,9 +268,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except gin_utils.GinConfigError as e:
         print(f"symbol-tuning train: {e}", file=sys.stderr)
         return 2
+    from symbol_tuning.training.checkpoint_integrity import DamagedCheckpointError
+    from symbol_tuning.training.run_lock import ModelDirLockedError
+
     try:
         result = train()
-    except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, KeyError, FloatingPointError, DamagedCheckpointError,
+            ModelDirLockedError) as e:
         distributed.report_failure(e, command="train")
         print(f"symbol-tuning train: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

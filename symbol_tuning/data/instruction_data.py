@@ -60,6 +60,8 @@ def _json_rows(path: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
             records = json.load(f)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     if isinstance(records, dict) and isinstance(records.get("data"), list):
         records = records["data"]
     if not isinstance(records, list):
@@ -72,8 +74,11 @@ def _json_rows(path: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
 def _csv_rows(path: str, delimiter: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
-        for record in reader:
-            yield f"{path} line {reader.line_num}", record
+        try:
+            for record in reader:
+                yield f"{path} line {reader.line_num}", record
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not valid UTF-8 after line {reader.line_num} ({e.reason})") from None
 
 
 def _parquet_rows(path: str) -> Iterator[tuple[str, Mapping[str, Any]]]:

@@ -72,7 +72,11 @@ def label_index(raw: Any, *, label_names: Sequence[str], label_map: Mapping[str,
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         raise DataError(f"{dataset}: {where}: label field {field!r} is missing")
     if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="replace")
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{dataset}: {where}: label field {field!r} is not valid UTF-8 ({e.reason} at byte "
+                            f"{e.start})") from None
     if label_map is not None:
         key = str(raw).strip()
         if key not in label_map:
@@ -95,8 +99,10 @@ def label_index(raw: Any, *, label_names: Sequence[str], label_map: Mapping[str,
 
 
 def make_examples(rows: Iterable[tuple[str, Mapping[str, Any]]], *, dataset: str, mapping: FieldMapping,
-                  label_names: Sequence[str], skip_bad_rows: bool = False) -> tuple[Example, ...]:
-    """Validated examples from (where, record) rows; raises DataError on the first bad row unless skipping."""
+                  label_names: Sequence[str], skip_bad_rows: bool = False,
+                  counts: dict[str, int] | None = None) -> tuple[Example, ...]:
+    """Validated examples from (where, record) rows; raises DataError on the first bad row unless skipping
+    (then `counts["skipped_bad_rows"]`, when given, receives how many were skipped)."""
     out: list[Example] = []
     skipped: list[str] = []
     for where, record in rows:
@@ -113,4 +119,6 @@ def make_examples(rows: Iterable[tuple[str, Mapping[str, Any]]], *, dataset: str
         out.append(Example(text=render_fields(texts, mapping.titles), label=label))
     if skipped:
         log.warning("%s: skipped %d bad rows (skip_bad_rows=True); first: %s", dataset, len(skipped), skipped[0])
+    if counts is not None:
+        counts["skipped_bad_rows"] = counts.get("skipped_bad_rows", 0) + len(skipped)
     return tuple(out)

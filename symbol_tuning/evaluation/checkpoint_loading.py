@@ -25,8 +25,8 @@ from jax.sharding import SingleDeviceSharding
 from symbol_tuning.models.base import BaseModel
 from symbol_tuning.models.families import config_from_record, import_hf_checkpoint, init_shapes, model_for
 from symbol_tuning.models.native_io import PARAMS_NAME, checkpoint_kind, load_native
-from symbol_tuning.models.safetensors_io import CheckpointMismatchError, read_json_file
-from symbol_tuning.training import checkpoints, storage
+from symbol_tuning.models.safetensors_io import CheckpointMismatchError, read_header, read_json_file
+from symbol_tuning.training import checkpoint_integrity, checkpoints, storage
 from symbol_tuning.training.partitioning import logical_shardings
 
 CONFIG_FILES = ("config.json", "model_config.json")
@@ -98,12 +98,9 @@ def _placed(model: BaseModel, params: Any, mesh, rules) -> Any:
 
 
 def _load_native(path: str, model_config: Any, mesh, rules) -> LoadedModel:
-    from safetensors import safe_open
-
     config = model_config if model_config is not None else native_config(path)
     model = model_for(config)
-    with safe_open(os.path.join(path, PARAMS_NAME), framework="numpy") as f:
-        found = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    found = {name: shape for name, (_, shape) in read_header(os.path.join(path, PARAMS_NAME)).items()}
     check_shapes(found, expected_shapes(model), source=path)
     _, params = load_native(path)
     return LoadedModel(model, _placed(model, params, mesh, rules), config, "native")
@@ -124,6 +121,7 @@ def _load_orbax(path: str, step: int | None, model_config: Any, mesh, rules) -> 
     step = steps[-1] if step is None else int(step)
     if step not in steps:
         raise FileNotFoundError(f"{path}: no checkpoint for step {step}; available steps: {steps}")
+    verdict = checkpoint_integrity.check_readable(path, step)
     config = model_config if model_config is not None else native_config(path)
     if config is None:
         raise ValueError(f"{path}: an Orbax training directory holds no model config (no model_config.json, "
@@ -137,7 +135,15 @@ def _load_orbax(path: str, step: int | None, model_config: Any, mesh, rules) -> 
     else:
         shardings = {k: SingleDeviceSharding(jax.devices()[0]) for k in meta}
     abstract = {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype, sharding=shardings[k]) for k, v in meta.items()}
-    return LoadedModel(model, checkpoints.restore_params(path, step, abstract), config, "orbax", step)
+    try:
+        params = checkpoints.restore_params(path, step, abstract)
+    except Exception as e:  # noqa: BLE001 - TensorStore raises a bare Exception for unreadable array files
+        if verdict.status == "ok":
+            raise
+        raise checkpoint_integrity.DamagedCheckpointError(
+            step, os.path.join(path, str(step), checkpoints.STATE_ITEM),
+            f"no checksum manifest, and its arrays cannot be read ({str(e).splitlines()[0][:300]})") from None
+    return LoadedModel(model, params, config, "orbax", step)
 
 
 def load_for_eval(path: str, *, model_config: Any = None, step: int | None = None, mesh=None,

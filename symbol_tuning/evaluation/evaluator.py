@@ -32,6 +32,7 @@ from symbol_tuning.evaluation.scoring import (
 from symbol_tuning.evaluation.suites import EvalDataset, EvalSuite, GenerativeTask, chance_accuracy
 from symbol_tuning.models.base import BaseModel
 from symbol_tuning.training import checkpoints, storage
+from symbol_tuning.training.checkpoint_integrity import DamagedCheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,9 @@ GENERATIVE = "generative"
 class EvalOptions:
     """How an evaluation runs: the `settings` (all of EVAL_SETTINGS when None), the prompts' `seed`,
     `k_per_class` exemplars, the model's `max_input_length`, `batch_size` prompts per scoring call and
-    the smallest padded prompt length (`min_prompt_bucket`; max_input_length gives a single shape)."""
+    the smallest padded prompt length (`min_prompt_bucket`; max_input_length gives a single shape).
+    `allow_empty_datasets`: a dataset with no queries is reported as missing in the tables instead of
+    failing the evaluation (it is never averaged in silently)."""
 
     settings: tuple[str, ...] | None = None
     seed: int = 0
@@ -52,6 +55,7 @@ class EvalOptions:
     max_input_length: int = 2048
     batch_size: int = 8
     min_prompt_bucket: int = MIN_PROMPT_BUCKET
+    allow_empty_datasets: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "settings", check_settings(self.settings))
@@ -194,11 +198,20 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def evaluate(model: BaseModel, params: Any, suite: EvalSuite, *, vocabulary, options: EvalOptions = EvalOptions(),
              mesh=None) -> EvalResult:
     """Every dataset of `suite` in every setting of `options` (FLIPPED only for binary datasets) and every
-    generative task."""
+    generative task. A dataset with no queries raises ValueError naming it, or with
+    options.allow_empty_datasets is listed under summary["missing"] (shown as "missing" in the tables)."""
+    empty = [d.name for d in suite.datasets if not d.queries.examples]
+    empty += [t.name for t in suite.generative if not t.data.examples]
+    if empty and not options.allow_empty_datasets:
+        raise ValueError(f"evaluation suite {suite.name!r}: datasets with no queries: {empty}; an average without "
+                         "them would not be comparable (pass --allow_empty_datasets to report them as missing)")
     work = [(d, s) for d in suite.datasets for s in options.settings if s != FLIPPED or d.is_binary]
     records = evaluate_classification(model, params, work, vocabulary=vocabulary, options=options, mesh=mesh)
     records += evaluate_generative(model, params, suite.generative, vocabulary=vocabulary, options=options, mesh=mesh)
-    return EvalResult(records=records, summary=summarize(records))
+    summary = summarize(records)
+    if empty:
+        summary["missing"] = empty
+    return EvalResult(records=records, summary=summary)
 
 
 def flat_metrics(summary: Mapping[str, Any], prefix: str = "eval") -> dict[str, float]:
@@ -245,16 +258,26 @@ def evaluate_all_checkpoints(model_dir: str, *, suite: EvalSuite, vocabulary, ou
     if missing:
         raise FileNotFoundError(f"{model_dir}: no checkpoint for steps {missing}; available: {available}")
     out: dict[int, dict] = {}
+    damaged: list[DamagedCheckpointError] = []
     for step in todo:
         if reporting.step_done(output_dir, step):
             log.info("step %d: results exist in %s, skipped", step, output_dir)
             out[step] = storage.read_json(os.path.join(reporting.step_dir(output_dir, step), reporting.STEP_SUMMARY))
             continue
-        loaded = checkpoint_loading.load_for_eval(model_dir, model_config=model_config, step=step, mesh=mesh,
-                                                  rules=rules)
+        try:
+            loaded = checkpoint_loading.load_for_eval(model_dir, model_config=model_config, step=step, mesh=mesh,
+                                                      rules=rules)
+        except DamagedCheckpointError as e:
+            log.error("%s; skipped, going on with the other steps", e)
+            damaged.append(e)
+            continue
         result = evaluate(loaded.model, loaded.params, suite, vocabulary=vocabulary, options=options, mesh=mesh)
         reporting.write_step_results(output_dir, step=step, records=result.records, summary=result.summary,
                                      model=label)
         out[step] = result.summary
     reporting.write_overview(output_dir, out, model=label)
+    if damaged:
+        raise DamagedCheckpointError(damaged[0].step, damaged[0].path,
+                                     f"{damaged[0].reason}; damaged steps skipped: {[e.step for e in damaged]}, "
+                                     f"evaluated: {sorted(out)}")
     return out

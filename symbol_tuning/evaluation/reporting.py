@@ -38,36 +38,17 @@ def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
 
 
 def append_jsonl(path: str, record: Mapping[str, Any]) -> None:
-    """Append one record as one line and flush it to disk (resumable logs); on GCS the object is rewritten."""
-    line = json.dumps(record, sort_keys=True) + "\n"
-    if storage.is_remote(path):
-        target = storage.resolve(path)
-        storage.write_text(path, (target.read_text() if target.exists() else "") + line)
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one record as one whole line and fsync it (resumable logs; see sweep_records)."""
+    from symbol_tuning.evaluation import sweep_records
+
+    sweep_records.append_record(path, record)
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """Records of a JSONL file; a torn last line (a killed writer) is ignored, any other bad line raises."""
-    target = storage.resolve(path)
-    if not target.exists():
-        return []
-    lines = target.read_text().split("\n")
-    out = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if number == len(lines):  # no trailing newline: the write was cut short
-                break
-            raise ValueError(f"{path}:{number}: not a JSON record ({e.msg})") from None
-    return out
+    """Records of a JSONL file; a torn last line (a killed writer) is left out, any other bad line raises."""
+    from symbol_tuning.evaluation import sweep_records
+
+    return sweep_records.read_records(path, repair=False)
 
 
 def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -108,13 +89,19 @@ def summary_markdown(summary: Mapping[str, Any], *, title: str = "") -> str:
     acc = summary.get("accuracy", {})
     settings = list(acc)
     datasets = list(dict.fromkeys(d for per in acc.values() for d in per))
+    missing = list(summary.get("missing", ()))
     lines = [f"## {title}", ""] if title else []
+    if missing and not settings:
+        lines += ["| dataset | result |", "|---|---|"] + [f"| {d} | missing (no queries) |" for d in missing] + [""]
     if settings:
         lines.append("| dataset | " + " | ".join(SETTING_TITLES.get(s, s) for s in settings) + " |")
         lines.append("|---|" + "---|" * len(settings))
         for d in datasets:
             lines.append(f"| {d} | " + " | ".join(_pct(acc[s].get(d)) for s in settings) + " |")
-        lines.append("| **average** | " + " | ".join(_pct(summary["average"][s]) for s in settings) + " |")
+        for d in missing:
+            lines.append(f"| {d} | " + " | ".join("missing (no queries)" for _ in settings) + " |")
+        average_of = f" (of {len(datasets)}; {len(missing)} missing)" if missing else ""
+        lines.append(f"| **average**{average_of} | " + " | ".join(_pct(summary["average"][s]) for s in settings) + " |")
         chance = [summary.get("flipped_chance") if s == "flipped" else summary.get("chance") for s in settings]
         lines.append("| chance | " + " | ".join(_pct(c) for c in chance) + " |")
         lines.append("")

@@ -10,11 +10,10 @@ from typing import Any
 import flax.linen as nn
 import numpy as np
 from flax import traverse_util
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from symbol_tuning.models.families import config_from_record, config_record, import_hf_checkpoint
-from symbol_tuning.models.safetensors_io import read_json_file, write_directory_atomically
+from symbol_tuning.models.safetensors_io import open_checked, read_json_file, write_directory_atomically
 
 CONFIG_NAME = "config.json"
 PARAMS_NAME = "params.safetensors"
@@ -50,7 +49,7 @@ def load_native(directory: str) -> tuple[Any, dict]:
     meta = read_json_file(cfg_file)
     config = config_from_record(meta, source=cfg_file)
     flat = {}
-    with safe_open(params_file, framework="numpy") as f:
+    with open_checked(params_file) as f:
         for name in f.keys():
             flat[tuple(name.split("/"))] = f.get_tensor(name).astype(np.float32)
     return config, traverse_util.unflatten_dict(flat)

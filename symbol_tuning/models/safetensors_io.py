@@ -4,12 +4,14 @@ Never unpickles anything: only `.safetensors` files are read.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import shutil
+import struct
 import tempfile
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 from safetensors import safe_open
@@ -23,6 +25,73 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's tensors do not match what the model config expects."""
 
 
+class DamagedFileError(ValueError):
+    """A weights file that is truncated, has a damaged header, or holds non-float tensors; names the file."""
+
+
+FLOAT_DTYPES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
+_ITEM_SIZES = {**FLOAT_DTYPES, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1, "I16": 2, "U16": 2,
+               "I32": 4, "U32": 4, "I64": 8, "U64": 8}
+_MAX_HEADER = 100 * 2**20
+
+
+def read_header(file: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """tensor name -> (dtype, shape) of a safetensors file, after checking the file is whole: a readable
+    header, every tensor's bytes inside the file, and float dtypes only (BF16/F16/F32/F64). Raises
+    DamagedFileError naming the file (and the tensor) and what is wrong."""
+    try:
+        size = os.path.getsize(file)
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise DamagedFileError(f"{file}: {size} bytes, too short for a safetensors header (truncated?)")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(_MAX_HEADER, size - 8):
+                raise DamagedFileError(f"{file}: header length {length} exceeds the file ({size} bytes): "
+                                       "truncated or not a safetensors file")
+            raw = f.read(length)
+    except OSError as e:
+        raise DamagedFileError(f"{file}: cannot be read ({e.strerror or e})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        raise DamagedFileError(f"{file}: damaged safetensors header ({e})") from None
+    data_size, out = size - 8 - length, {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise DamagedFileError(f"{file}: tensor {name!r}: damaged header entry {entry!r}") from None
+        if dtype not in FLOAT_DTYPES:
+            raise DamagedFileError(f"{file}: tensor {name!r} has dtype {dtype}; weights must be floats "
+                                   f"({', '.join(FLOAT_DTYPES)})")
+        if end > data_size:
+            raise DamagedFileError(f"{file}: tensor {name!r} ends at byte {end} of the data but the file holds "
+                                   f"{data_size} (truncated)")
+        if not 0 <= start <= end or end - start != int(np.prod(shape, dtype=np.int64)) * _ITEM_SIZES[dtype]:
+            raise DamagedFileError(f"{file}: tensor {name!r}: offsets {[start, end]} do not fit shape {list(shape)} "
+                                   f"of {dtype}")
+        out[name] = (dtype, shape)
+    return out
+
+
+@contextlib.contextmanager
+def open_checked(file: str) -> Iterator[Any]:
+    """`safe_open(file)` after read_header's checks; a safetensors error while reading names the file."""
+    from safetensors import SafetensorError
+
+    read_header(file)
+    try:
+        with safe_open(file, framework="numpy") as f:
+            yield f
+    except SafetensorError as e:
+        raise DamagedFileError(f"{file}: {e}") from None
+
+
 def checkpoint_files(path: str) -> list[str]:
     """The safetensors files of an HF checkpoint directory (or a single file path)."""
     if os.path.isfile(path):
@@ -31,10 +100,14 @@ def checkpoint_files(path: str) -> list[str]:
         return [path]
     index = os.path.join(path, INDEX_NAME)
     if os.path.exists(index):
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f).get("weight_map")
+        record = read_json_file(index)
+        weight_map = record.get("weight_map") if isinstance(record, dict) else None
         if not isinstance(weight_map, dict):
             raise ValueError(f"{index}: no 'weight_map' object")
+        for tensor, name in sorted(weight_map.items()):
+            if not isinstance(name, str) or not name.endswith(".safetensors") or os.path.basename(name) != name:
+                raise ValueError(f"{index}: tensor {tensor!r} maps to {name!r}, not a .safetensors file in "
+                                 f"{path} (pickled .bin shards are refused)")
         return [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
     single = os.path.join(path, SINGLE_NAME)
     if os.path.exists(single):
@@ -47,7 +120,9 @@ def load_tensors(path: str) -> dict[str, np.ndarray]:
     """All tensors of a checkpoint as numpy arrays (bf16 is widened to float32)."""
     out: dict[str, np.ndarray] = {}
     for file in checkpoint_files(path):
-        with safe_open(file, framework="numpy") as f:
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{file}: shard listed in {INDEX_NAME} is missing")
+        with open_checked(file) as f:
             for name in f.keys():
                 if name in out:
                     raise CheckpointMismatchError(f"{file}: tensor {name!r} appears in more than one shard")

@@ -7,7 +7,9 @@ every host is saved with the state so that a resumed run reads exactly the batch
 uninterrupted run would have read; with the input split into data shards (training.data_shards) a run
 resumes on any host count dividing their number, otherwise the message names the warm-start command.
 Directories may be local or gs:// (storage). Restoring takes an abstract state whose leaves carry the
-target shardings, so a checkpoint written on one mesh restores onto another.
+target shardings, so a checkpoint written on one mesh restores onto another. Each finished step gets a
+checksum manifest, and `restore_newest` falls back past damaged steps (training.checkpoint_integrity); a
+step that is already finished on disk is never saved over.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from symbol_tuning.models.safetensors_io import CheckpointMismatchError
-from symbol_tuning.training import data_shards, storage
+from symbol_tuning.training import checkpoint_integrity, data_shards, storage
 
 log = logging.getLogger(__name__)
 STATE_ITEM, DATA_ITEM = "state", "data"
@@ -34,11 +36,13 @@ class Checkpointer:
     """A thin wrapper around `ocp.CheckpointManager` holding {"state": train state, "data": positions}."""
 
     def __init__(self, directory: str, *, save_interval_steps: int = 1000, max_to_keep: int | None = 3,
-                 async_save: bool = True):
+                 async_save: bool = True, is_primary: bool | None = None):
         self.directory = os.fspath(storage.resolve(directory, what="model_dir"))
+        self.is_primary = jax.process_index() == 0 if is_primary is None else is_primary
         options = ocp.CheckpointManagerOptions(save_interval_steps=save_interval_steps, max_to_keep=max_to_keep,
                                                enable_async_checkpointing=async_save, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE_ITEM, DATA_ITEM))
+        self._sealer = checkpoint_integrity.Sealer(self.directory, lambda: finished_steps(self.directory))
 
     def reached_preemption(self, step: int) -> bool:
         """Whether every host has reached the step JAX's preemption service chose for saving (False on one
@@ -52,7 +56,14 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, data_state: dict | None = None, *, force: bool = False) -> bool:
-        """Start saving `state` at `step` (returns False when the interval says not now)."""
+        """Start saving `state` at `step` (returns False when the interval says not now); a finished step is
+        never overwritten (RuntimeError: another writer made it)."""
+        self._manager.wait_until_finished()  # Orbax waits for the previous save here anyway
+        if self.is_primary:
+            self._sealer.start()  # the previous step's manifest is written while training goes on
+        if step in finished_steps(self.directory):
+            raise RuntimeError(f"{self.directory}: step {step} is already a finished checkpoint; refusing to "
+                               "overwrite it (is another trainer writing this model dir?)")
         hosts = _gather_host_states(data_state or {})
         return self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({"hosts": hosts})), force=force)
@@ -72,12 +83,37 @@ class Checkpointer:
             return restored.state, hosts[index]
         return restored.state, data_shards.regroup(hosts, index, count, source=self.directory)
 
+    def restore_newest(self, abstract_state: Any) -> tuple[int | None, Any, dict]:
+        """(step, state, data state) of the newest step that verifies (checkpoint_integrity), moving damaged
+        newer steps aside; (None, None, {}) when there is no step. Raises DamagedCheckpointError when steps
+        existed and every one was damaged (all moved aside: a rerun starts from scratch)."""
+        steps = self.all_steps()
+        step, restored, damaged = checkpoint_integrity.restore_newest_good(
+            self.directory, steps, lambda s: self.restore(s, abstract_state), is_primary=self.is_primary,
+            barrier=_barrier)
+        if damaged:
+            self._manager.reload()
+        if step is None:
+            if damaged:
+                raise damaged[-1]
+            return None, None, {}
+        return step, restored[0], restored[1]
+
     def wait_until_finished(self) -> None:
+        """Wait for in-flight saves, then write the checksum manifest of every finished step (process 0)."""
         self._manager.wait_until_finished()
+        if self.is_primary:
+            self._sealer.finish()
+        _barrier("checkpoint_sealed")
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.wait_until_finished()
         self._manager.close()
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def _gather_host_states(data_state: dict) -> list[str]:

@@ -7,6 +7,8 @@ A checkpoint at step k holds the state after k updates and every host's input po
 its k-th batch, so a restarted run reads exactly the batches the uninterrupted run would have read.
 SIGTERM (preemption) or Ctrl-C sets a stop request (_PreemptionFlag: JAX's preemption sync point on several
 hosts); the loop saves at the current step, waits for the save and returns.
+The run owns its model dir (training.run_lock) and resumes from the newest step that verifies, moving a
+damaged newer one aside (training.checkpoint_integrity).
 No TensorFlow or SeqIO here.
 """
 from __future__ import annotations
@@ -24,12 +26,14 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 import jax
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from symbol_tuning.models.base import BaseModel
 from symbol_tuning.training import metrics as metrics_lib
 from symbol_tuning.training.checkpoints import Checkpointer
 from symbol_tuning.training.partitioning import Rules, batch_sharding, make_global_batch
+from symbol_tuning.training.run_lock import ModelDirLockedError, RunLock
 from symbol_tuning.training.train_state import TrainState, abstract_train_state, create_train_state
 from symbol_tuning.training.train_step import StepFn, StepOptions, make_train_step
 
@@ -215,15 +219,21 @@ def train(*, model: BaseModel, model_dir: str, train_stream: ResumableStream, op
             raise ValueError(f"input_shapes[{name!r}]: global batch {shape[0]} is not divisible by {hosts} hosts")
         local_shapes[name] = (shape[0] // hosts,) + tuple(shape[1:])
 
-    checkpointer = Checkpointer(model_dir, save_interval_steps=options.checkpoint_every,
-                                max_to_keep=options.keep_checkpoints, async_save=options.async_checkpoints)
+    lock = _take_lock(model_dir)
+    try:
+        checkpointer = Checkpointer(model_dir, save_interval_steps=options.checkpoint_every,
+                                    max_to_keep=options.keep_checkpoints, async_save=options.async_checkpoints)
+    except BaseException:
+        lock.release()
+        raise
     writer = metrics_lib.MetricsWriter(model_dir)
     try:
-        latest = checkpointer.latest_step()
-        if latest is not None:
+        latest = None
+        if checkpointer.all_steps():
             abstract = abstract_train_state(model=model, optimizer=optimizer, input_shapes=input_shapes, mesh=mesh,
                                             rules=rules)
-            state, data_state = checkpointer.restore(latest, abstract)
+            latest, state, data_state = checkpointer.restore_newest(abstract)
+        if latest is not None:
             train_stream.restore(data_state)
             shardings = jax.tree_util.tree_map(lambda x: x.sharding, abstract)
             log.info("resumed %s at step %d", model_dir, latest)
@@ -253,8 +263,29 @@ def train(*, model: BaseModel, model_dir: str, train_stream: ResumableStream, op
                            resumed_from=latest, last_metrics=loop.last_metrics,
                            checkpoint_steps=checkpointer.all_steps())
     finally:
-        checkpointer.close()
-        writer.close()
+        try:
+            checkpointer.close()
+            writer.close()
+        finally:
+            lock.release()
+
+
+def _take_lock(model_dir: str) -> RunLock:
+    """Process 0 takes the model dir's run lock; every process raises if it could not (same verdict)."""
+    lock = RunLock(model_dir, is_primary=jax.process_index() == 0)
+    error = None
+    try:
+        lock.acquire()
+    except ModelDirLockedError as e:
+        error = e
+    if jax.process_count() > 1:
+        failed = multihost_utils.process_allgather(np.array([error is not None], np.int32))
+        if np.any(failed) and error is None:
+            lock.release()
+            raise ModelDirLockedError(f"{model_dir}: process 0 could not take the run lock (see its log)")
+    if error is not None:
+        raise error
+    return lock
 
 
 class _Loop:

@@ -181,7 +181,10 @@ def _hide_accelerators_from_tf():
 
 def _decode(value: Any) -> Any:
     if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value  # left as bytes: rows.make_examples reports it naming the row (strict UTF-8)
     if isinstance(value, np.generic):
         return value.item()
     return value

@@ -19,6 +19,7 @@ from symbol_tuning.data.examples import ClassificationData, Example
 from symbol_tuning.data.rows import DataError, FieldMapping, make_examples
 from symbol_tuning.data.sources.local_source import LocalSource
 from symbol_tuning.data.sources.readers import FORMATS, BadRow, bad_row, decoded_lines, infer_format, read_records
+from symbol_tuning.data.validation import check_not_empty
 
 _TEXT_LABEL = FieldMapping(text_fields=("text",), label_field="label")
 log = logging.getLogger(__name__)
@@ -166,13 +167,14 @@ def _spec_source(spec: Any, split: str, path: str) -> LocalSource:
 
 def load_local(*, spec: Any = None, split: str, path: str | None = None, source: LocalSource | None = None,
                skip_bad_rows: bool = False, max_examples: int | None = None,
-               seed: int = 0) -> ClassificationData:
+               seed: int = 0, counts: dict[str, int] | None = None) -> ClassificationData:
     """One split of a local dataset as ClassificationData.
 
     With `source`, read that LocalSource. With a DatasetSpec and `path` (a file, or a directory holding
     <split>.jsonl/.json/.csv/.tsv), read it with the spec's HF column names and labels, so a JSONL
     export of the HF dataset loads as is; a directory without such files is read as a raw release
     laid out like shared/data (see sources.layouts). Over max_examples: a seeded subset in file order.
+    `counts`, when given, receives "skipped_bad_rows" (rows dropped by skip_bad_rows).
     """
     if source is None:
         if spec is None or path is None:
@@ -180,8 +182,10 @@ def load_local(*, spec: Any = None, split: str, path: str | None = None, source:
         source = _spec_source(spec, split, path)
     mapping = source.mapping or _TEXT_LABEL
     rows = source_rows(source, strict=not skip_bad_rows)
+    counts = {} if counts is None else counts
     examples = make_examples(rows, dataset=source.name, mapping=mapping, label_names=source.label_names,
-                             skip_bad_rows=skip_bad_rows)
+                             skip_bad_rows=skip_bad_rows, counts=counts)
+    check_not_empty(len(examples), dataset=source.name, files=source.files, skipped=counts.get("skipped_bad_rows"))
     if source.dedupe:
         first = {}
         examples = tuple(first.setdefault(ex.text, ex) for ex in examples if ex.text not in first)

@@ -116,7 +116,13 @@ def _skip_ws(text: str, i: int) -> int:
 
 def _json(path, *, encoding, dataset, strict):
     """Records of a JSON list of objects, or of an object of objects (keyed records), with line numbers."""
-    text = _read_bytes(path, dataset).decode(encoding, errors="replace").lstrip("\ufeff")
+    data = _read_bytes(path, dataset)
+    try:
+        text = data.decode(encoding).lstrip("\ufeff")
+    except UnicodeDecodeError as e:  # strict: a bad byte is never replaced silently
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{dataset}: {path}:{line}: not valid {encoding} ({e.reason} at byte {e.start} of the "
+                        "file)") from None
     decoder = json.JSONDecoder()
     line, counted = 1, 0
 
