@@ -15,6 +15,7 @@ import math
 import re
 from typing import Any, Mapping
 
+import flax.linen as nn
 import jax
 
 # Dense (non-sparse) bf16 tensor peak per chip, by exact device kind; checked in order, first match wins.
@@ -60,13 +61,12 @@ def count_params(params: Any, *, under: str | None = None) -> dict[str, int]:
     "non_embedding", and "cross_kv" (T5 cross-attention key / value kernels). `under` keeps only the
     subtree of that top-level key ("encoder" / "decoder")."""
     counts = dict(total=0, embedding=0, non_embedding=0, cross_kv=0)
-    leaves = jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda x: hasattr(x, "shape"))
-    for path, leaf in leaves:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(params)):
         keys = _keys(path)
-        keys = [k for k in keys if k not in ("params", "value")]
+        keys = keys[1:] if keys[:1] == ["params"] else keys
         if under is not None and (not keys or keys[0] != under):
             continue
-        n = math.prod(getattr(leaf, "value", leaf).shape)
+        n = math.prod(leaf.shape)
         counts["total"] += n
         if any(k in ("token_embed", "lm_head") for k in keys):
             counts["embedding"] += n
