@@ -298,6 +298,16 @@ def compare_table(peer_rows: list[dict[str, Any]], our_rows: list[dict[str, Any]
     return "\n".join(lines)
 
 
+def top_ops_text(rows: list[dict[str, Any]]) -> str:
+    """The profile summaries (top ops, ms per step) of the rows that carry one."""
+    lines = []
+    for r in rows:
+        if r.get("profile_top"):
+            lines.append(f"{r['config']} [{r.get('label') or 'profiled'}] {r.get('step_s')} s/step:")
+            lines += [f"  {op['ms']:9.3f} ms  {op['op']}" for op in r["profile_top"]]
+    return "\n".join(lines) or "no profiled rows"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=("decoder", "t5-base", "t5-large"), default=None)
@@ -332,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=None, metavar="DIR", help="trace 3 more steps there; print the top ops")
     p.add_argument("--label", default="", help="free text copied into the JSON row")
     p.add_argument("--json_out", default=None, help="also append the JSON lines to this file")
+    p.add_argument("--top_ops", default=None, metavar="OURS_JSONL",
+                   help="only print the profile summaries (profile_top) of an earlier output's rows")
     p.add_argument("--compare", nargs=2, metavar=("PEER_JSONL", "OURS_JSONL"), default=None,
                    help="only print the ours-vs-peer table of two earlier outputs")
     return p
@@ -342,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.fast:
         args.fused, args.loss, args.no_grad_norm = True, "chunked", True
         args.segment_causal, args.padding_as_lengths = True, True
+    if args.top_ops:
+        print(top_ops_text(read_jsonl(args.top_ops)))
+        return 0
     if args.compare:
         for path in args.compare:
             if not os.path.exists(path):
