@@ -36,6 +36,11 @@ SIZES = {
                                d_ff=704), seq=512, batch=4,
                   t5=dict(vocab_size=8192, d_model=256, num_heads=8, d_kv=32, d_ff=640, num_encoder_layers=4,
                           num_decoder_layers=4), inputs=512, targets=64, t5_batch=8),
+    # the LM head and loss dominate (the 1.1B decoder's 32k vocabulary over 16k tokens, scaled down)
+    "vocab_heavy": dict(decoder=dict(vocab_size=32000, d_model=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                                     head_dim=32, d_ff=352), seq=512, batch=4,
+                        t5=dict(vocab_size=32128, d_model=128, num_heads=4, d_kv=32, d_ff=320, num_encoder_layers=2,
+                                num_decoder_layers=2), inputs=512, targets=256, t5_batch=4),
 }
 
 # option name -> (model config changes, StepOptions changes, optimizer mu_dtype, packed / padded batch)

@@ -22,7 +22,7 @@ from symbol_tuning.training import train_state as ts
 from symbol_tuning.training.train_step import StepOptions, make_train_step
 
 DEC = DecoderConfig.preset("tiny", dtype="float32", vocab_size=96, d_ff=40, num_layers=2)
-T5 = T5Config.preset("tiny", dtype="float32", vocab_size=80, d_ff=48, dropout_rate=0.0)
+T5 = T5Config.preset("tiny", dtype="float32", vocab_size=80, d_ff=48, dropout_rate=0.0, num_decoder_layers=1)
 
 
 def _init(model, shapes):
@@ -112,7 +112,8 @@ def test_unscanned_layers_with_converted_params_give_the_same_results_and_native
     jax.tree.map(np.testing.assert_array_equal, loaded, jax.tree.map(np.asarray, converted))
     t5_params = _init(EncoderDecoderModel(T5), {"encoder_input_tokens": (1, 4), "decoder_input_tokens": (1, 4)})
     t5_flat = convert_layer_layout(t5_params, scan_layers=False)
-    assert {"layers_0", "layers_1"} <= set(t5_flat["encoder"]) and "layers" not in t5_flat["decoder"]
+    assert {"layers_0", "layers_1"} <= set(t5_flat["encoder"]) and set(t5_flat["decoder"]) >= {"layers_0"}
+    assert "layers" not in t5_flat["encoder"] and "layers" not in t5_flat["decoder"]
 
 
 def test_remat_table_names_the_attention_context_policies():
@@ -153,8 +154,8 @@ def _one_step(family_model, options, optimizer, batch, shapes):
 
 
 def test_train_step_with_chunked_loss_and_no_grad_norm_equals_the_default_step():
-    model = EncoderDecoderModel(T5)
-    batch = _t5_batch()
+    model = DecoderOnlyModel(DEC)
+    batch = _dec_batch(packed=True)
     shapes = {k: v.shape for k, v in batch.items()}
     opt = optimizers.make_optimizer(name="adamw", learning_rate=1e-3)
     base_state, base = _one_step(model, StepOptions(z_loss=1e-4), opt, batch, shapes)
@@ -213,12 +214,10 @@ def test_fp8_dot_general_is_close_to_float32_and_its_gradient_uses_e5m2_cotangen
     np.testing.assert_allclose(gw, fp8.quantize_dequantize(x, fp8.FORWARD_DTYPE).T @ g, rtol=1e-5, atol=1e-5)
 
 
-def test_fp8_models_train_close_to_their_bf16_counterparts():
-    for base_cfg, batch, shapes in (
-            (DEC, _dec_batch(packed=False), {"decoder_input_tokens": (2, 16)}),
-            (T5, _t5_batch(), {"encoder_input_tokens": (2, 12), "decoder_input_tokens": (2, 6)})):
-        family = DecoderOnlyModel if base_cfg is DEC else EncoderDecoderModel
-        base, fast = family(base_cfg), family(base_cfg.replace(fp8=True, fused_projections=True))
+def test_fp8_decoder_trains_close_to_its_float32_counterpart():
+    # (T5 with fp8 is run by the benchmarks' smoke test)
+    for base_cfg, batch, shapes in ((DEC, _dec_batch(packed=False), {"decoder_input_tokens": (2, 16)}),):
+        base, fast = DecoderOnlyModel(base_cfg), DecoderOnlyModel(base_cfg.replace(fp8=True, fused_projections=True))
         params = _init(base, shapes)
         (vb, lb, gb), (vf, lf, gf) = _loss_and_grads(base, params, batch), _loss_and_grads(fast, params, batch)
         # measured here: logits 8-11%, loss < 1%, gradients <= 26% (E5M2 keeps 2 mantissa bits); a wrong

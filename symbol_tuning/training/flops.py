@@ -34,6 +34,14 @@ PEAK_BF16_FLOPS: tuple[tuple[str, str, float], ...] = (
 )
 
 
+def peak_by_name(name: str) -> float:
+    """The peak of a PEAK_BF16_FLOPS row by its name ("H100 SXM", "TPU v5e", ...); KeyError otherwise."""
+    for row, _, peak in PEAK_BF16_FLOPS:
+        if row == name:
+            return peak
+    raise KeyError(f"no peak FLOP/s row named {name!r}; known: {[r for r, _, _ in PEAK_BF16_FLOPS]}")
+
+
 def chip_name(device_kind: str) -> str | None:
     """The PEAK_BF16_FLOPS row name of a `jax.Device.device_kind`, or None when unknown (CPU)."""
     kind = device_kind.upper().strip()
@@ -48,7 +56,7 @@ def peak_flops_per_device(device_kind: str | None = None) -> float | None:
     MFU is not reported there."""
     kind = device_kind if device_kind is not None else jax.devices()[0].device_kind
     name = chip_name(kind)
-    return None if name is None else next(peak for n, _, peak in PEAK_BF16_FLOPS if n == name)
+    return None if name is None else peak_by_name(name)
 
 
 def _keys(path: Any) -> list[str]:
