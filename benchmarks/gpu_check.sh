@@ -115,6 +115,8 @@ else
   # the peer's torch.compile of T5 took over 100 s in earlier calls: it gets 200
   step peer_t5_base 200 bash -c "$PY $PEER_PY ${PEER_ARGS[*]} --only t5-base | tee -a '$OUT/peer.jsonl'"
   step ours_t5_base 80 "$PY" "${TT[@]}" "${TS[@]}" --only t5-base
+  # are the --fast attention paths (segment mask + is_causal, T5 lengths) right on cuDNN? all five cases
+  step attention_parity 100 "$PY" benchmarks/attention_parity.py --seq 128
   # XLA-flag A/B: the --fast decoder above is A; B adds GPU_CHECK_XLA_B to XLA_FLAGS
   step ours_decoder_fast_xla_b 100 env XLA_FLAGS="${XLA_FLAGS:-} $XLA_B" "$PY" "${TT[@]}" "${TS[@]}" \
     --only decoder --fast --label xla_b
@@ -144,7 +146,6 @@ if [[ "$TINY" == 1 ]]; then
   step attention_parity 90 "$PY" benchmarks/attention_parity.py --seq 32
   step scoring 90 "$PY" benchmarks/scoring.py "${SCORE[@]}"
 else
-  step attention_parity 100 "$PY" benchmarks/attention_parity.py --seq 128
   step scoring_decoder 60 "$PY" benchmarks/scoring.py --family decoder_only --preset decoder_1b "${SCORE[@]}"
   step scoring_t5 60 "$PY" benchmarks/scoring.py --family encoder_decoder --preset flan_t5_base "${SCORE[@]}"
 fi

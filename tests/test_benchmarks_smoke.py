@@ -139,11 +139,12 @@ def test_compare_table_holds_variants_to_no_target_but_remat_rows_to_theirs(tmp_
 
 def test_attention_parity_checks_t5_bias_gradients_and_finds_no_mismatch(capsys):
     ap = _load("attention_parity")
-    assert ap.main(["--seq", "32", "--cases", "t5"]) == 0
+    assert ap.main(["--seq", "32", "--cases", "t5,t5_lengths"]) == 0
     rows = _json_lines(capsys.readouterr().out)
-    assert [r["case"] for r in rows] == ["t5 padded inputs"]
+    assert [r["case"] for r in rows] == ["t5 padded inputs", "t5 padded inputs, padding_as_lengths"]
     # on the CPU auto is XLA: bf16 against float32 is plain bf16 rounding, neither 0 nor near 1
-    assert rows[0]["ok"] and 1e-4 < rows[0]["bf16_auto_grads_err"] < 5e-2
+    for row in rows:
+        assert row["ok"] and 1e-4 < row["bf16_auto_grads_err"] < 5e-2
     with pytest.raises(SystemExit, match="unknown \\['moe'\\]"):
         ap.main(["--cases", "t5,moe"])
 
