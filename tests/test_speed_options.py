@@ -73,27 +73,39 @@ def _assert_same(a, b, atol=1e-5):
         np.testing.assert_allclose(flat_a[path], flat_b[path], rtol=0, atol=atol, err_msg=str(path))
 
 
+@pytest.fixture(scope="module")
+def decoder_reference():
+    """(params, batch, the current path's loss / logits / gradients) for the decoder, computed once."""
+    base, batch = DecoderOnlyModel(DEC), _dec_batch(packed=True)
+    params = _init(base, {"decoder_input_tokens": (2, 16)})
+    return params, batch, _loss_and_grads(base, params, batch)
+
+
+@pytest.fixture(scope="module")
+def t5_reference():
+    """The same for T5 on right-padded inputs."""
+    base, batch = EncoderDecoderModel(T5), _t5_batch()
+    params = _init(base, {"encoder_input_tokens": (2, 12), "decoder_input_tokens": (2, 6)})
+    return params, batch, _loss_and_grads(base, params, batch)
+
+
 @pytest.mark.parametrize("change", [dict(fused_projections=True), dict(segment_causal=True),
                                     dict(remat_policy="attention"), dict(remat_policy="minimal_attention")])
-def test_decoder_option_gives_the_same_logits_loss_and_gradients(change):
-    base, fast = DecoderOnlyModel(DEC), DecoderOnlyModel(DEC.replace(**change))
-    shapes = {"decoder_input_tokens": (2, 16)}
-    params = _init(base, shapes)
-    assert jax.tree.structure(_init(fast, shapes)) == jax.tree.structure(params)  # same parameter tree
-    batch = _dec_batch(packed=True)
-    _assert_same(_loss_and_grads(base, params, batch), _loss_and_grads(fast, params, batch))
+def test_decoder_option_gives_the_same_logits_loss_and_gradients(change, decoder_reference):
+    params, batch, reference = decoder_reference
+    fast = DecoderOnlyModel(DEC.replace(**change))
+    assert jax.tree.structure(_init(fast, {"decoder_input_tokens": (2, 16)})) == jax.tree.structure(params)
+    _assert_same(reference, _loss_and_grads(fast, params, batch))
 
 
 @pytest.mark.parametrize("change", [dict(fused_projections=True), dict(padding_as_lengths=True),
                                     dict(remat_policy="attention")])
-def test_t5_option_gives_the_same_logits_loss_and_gradients_on_padded_inputs(change):
-    base, fast = EncoderDecoderModel(T5), EncoderDecoderModel(T5.replace(**change))
-    shapes = {"encoder_input_tokens": (2, 12), "decoder_input_tokens": (2, 6)}
-    params = _init(base, shapes)
-    fast_params = _init(fast, shapes)
+def test_t5_option_gives_the_same_logits_loss_and_gradients_on_padded_inputs(change, t5_reference):
+    params, batch, reference = t5_reference
+    fast = EncoderDecoderModel(T5.replace(**change))
+    fast_params = _init(fast, {"encoder_input_tokens": (2, 12), "decoder_input_tokens": (2, 6)})
     jax.tree.map(np.testing.assert_array_equal, fast_params, params)  # same names, so the same initial values
-    batch = _t5_batch()
-    _assert_same(_loss_and_grads(base, params, batch), _loss_and_grads(fast, params, batch))
+    _assert_same(reference, _loss_and_grads(fast, params, batch))
 
 
 def test_unscanned_layers_with_converted_params_give_the_same_results_and_native_checkpoints_convert(tmp_path):
