@@ -116,7 +116,7 @@ else
   step peer_t5_base 200 bash -c "$PY $PEER_PY ${PEER_ARGS[*]} --only t5-base | tee -a '$OUT/peer.jsonl'"
   step ours_t5_base 80 "$PY" "${TT[@]}" "${TS[@]}" --only t5-base
   # are the --fast attention paths (segment mask + is_causal, T5 lengths) right on cuDNN? all five cases
-  step attention_parity 100 "$PY" benchmarks/attention_parity.py --seq 128
+  step attention_parity 120 "$PY" benchmarks/attention_parity.py --seq 128
   # XLA-flag A/B: the --fast decoder above is A; B adds GPU_CHECK_XLA_B to XLA_FLAGS
   step ours_decoder_fast_xla_b 100 env XLA_FLAGS="${XLA_FLAGS:-} $XLA_B" "$PY" "${TT[@]}" "${TS[@]}" \
     --only decoder --fast --label xla_b
@@ -143,7 +143,7 @@ else
   SUMMARY+=("data_vs_trainer: skipped (no trainer rate for $TRAINER_CONFIG)")
 fi
 if [[ "$TINY" == 1 ]]; then
-  step attention_parity 90 "$PY" benchmarks/attention_parity.py --seq 32
+  step attention_parity 90 "$PY" benchmarks/attention_parity.py --seq 32 --cases packed_causal,t5_lengths
   step scoring 90 "$PY" benchmarks/scoring.py "${SCORE[@]}"
 else
   step scoring_decoder 60 "$PY" benchmarks/scoring.py --family decoder_only --preset decoder_1b "${SCORE[@]}"

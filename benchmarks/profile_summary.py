@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-SKIPPED = ("ThreadpoolListener", "end: ", "ThunkExecutor::Execute (wait")
+SKIPPED = ("ThreadpoolListener", "end: ", "ThunkExecutor::Execute")  # CPU wrappers around the ops
 
 
 def latest_xplane(trace_dir: str) -> str:
