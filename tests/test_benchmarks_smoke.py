@@ -216,3 +216,17 @@ def test_decoder_1b_flops_per_token_agree_with_the_peers_published_mfu():
     # the peer's H100 row (DESIGN.md): 58.8k tokens/s at 43.5% of 989.4 TFLOP/s
     peer = 0.435 * flops.peak_flops_per_device("NVIDIA H100 80GB HBM3") / 58800
     assert math.isclose(ours, peer, rel_tol=0.01)
+
+
+def test_step_memory_reports_compiled_memory_per_option_from_xla(capsys):
+    sm = _load("step_memory")
+    assert sm.main(["--size", "tiny", "--family", "decoder_only",
+                    "--options", "baseline,remat_full,bf16_mu,padding_as_lengths"]) == 0
+    out = capsys.readouterr().out
+    rows = {r["option"]: r for r in _json_lines(out)}
+    assert set(rows) == {"baseline", "remat_full", "bf16_mu"}  # padding_as_lengths is T5's
+    assert rows["remat_full"]["temp_size"] < rows["baseline"]["temp_size"]
+    assert rows["bf16_mu"]["argument_size"] < rows["baseline"]["argument_size"]
+    assert "temp vs baseline" in out.splitlines()[-4]
+    with pytest.raises(SystemExit, match="unknown \\['bogus'\\]"):
+        sm.main(["--options", "bogus"])
