@@ -1,13 +1,15 @@
 """Does the fused cuDNN attention compute what the XLA path computes? Loss, logits and parameter
 gradients of small bf16 models, each kernel against a float32 XLA reference (relative L2 error).
 
-    python benchmarks/attention_parity.py [--seq 256] [--batch 2] [--cases decoder,packed,t5] [--impl auto|cudnn]
+    python benchmarks/attention_parity.py [--seq 256] [--batch 2] [--cases decoder,packed,t5,...] [--impl auto|cudnn]
 
 Cases: decoder unpacked (cuDNN via is_causal on GPU), decoder packed (the mask becomes a cuDNN bias),
-T5 with padded inputs (relative-position bias plus padding mask, whose gradient must reach the learned
-bias table). `--impl auto` checks what the models pick on this device; `--impl cudnn` forces cuDNN. bf16
-rounding puts errors near 1e-2; a kernel that drops a mask or a bias gradient shows errors near 1. Where
-cuDNN is unavailable (CPU) its rows say so.
+packed_causal (segment_causal: the segment mask as bias plus is_causal), T5 with padded inputs
+(relative-position bias plus padding mask, whose gradient must reach the learned bias table), t5_lengths
+(padding_as_lengths: the bias without a mask, key lengths, an is_causal decoder and unmasked
+cross-attention, which auto then sends to cuDNN too). `--impl auto` checks what the models pick on this
+device; `--impl cudnn` forces cuDNN. bf16 rounding puts errors near 1e-2; a kernel that drops a mask or a
+bias gradient shows errors near 1. Where cuDNN is unavailable (CPU) its rows say so.
 """
 from __future__ import annotations
 
@@ -73,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--cases", type=lambda v: [c for c in v.split(",") if c], default=["decoder", "packed", "t5"],
-                   help="comma-separated subset of decoder,packed,t5")
+    p.add_argument("--cases", type=lambda v: [c for c in v.split(",") if c],
+                   default=["decoder", "packed", "packed_causal", "t5", "t5_lengths"],
+                   help="comma-separated subset of decoder,packed,packed_causal,t5,t5_lengths")
     p.add_argument("--impl", choices=("auto", "cudnn"), default="auto",
                    help="kernel checked against XLA (auto: what the models pick on this device)")
     args = p.parse_args(argv)
@@ -99,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     print("device:", jax.devices()[0].device_kind, flush=True)
     rows = []
     cases = {"decoder": ("decoder unpacked", make_dec, dec_batch), "packed": ("decoder packed x4", make_dec, packed),
-             "t5": ("t5 padded inputs", make_t5, t5_batch)}
+             "packed_causal": ("decoder packed x4, segment_causal",
+                               lambda **kw: make_dec(segment_causal=True, **kw), packed),
+             "t5": ("t5 padded inputs", make_t5, t5_batch),
+             "t5_lengths": ("t5 padded inputs, padding_as_lengths",
+                            lambda **kw: make_t5(padding_as_lengths=True, **kw), t5_batch)}
     unknown = sorted(set(args.cases) - set(cases))
     if unknown:
         raise SystemExit(f"--cases: unknown {unknown}; known: {sorted(cases)}")

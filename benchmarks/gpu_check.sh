@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# One-call GPU check: the PyTorch peer and our JAX trainer on the same shapes, then scoring and the
-# data-vs-trainer ratio; everything under $OUT, one comparison table printed last. See benchmarks/README.md.
+# One-call GPU check: the PyTorch peer and our JAX trainer on the same shapes (ours before and after the
+# peer, default and --fast options), a profile of the top ops, an XLA-flag A/B, then the other variants,
+# scoring and the data-vs-trainer ratio as the budget allows; everything under $OUT, one comparison table
+# printed last. See benchmarks/README.md.
 #
 #   bash benchmarks/gpu_check.sh --prepare    # here, before the device call: fills .devcarry/
 #   bash benchmarks/gpu_check.sh              # on the GPU machine (carry .devcarry), within ~8 minutes
 #   GPU_CHECK_TINY=1 bash benchmarks/gpu_check.sh   # tiny shapes on this CPU: the whole script end to end
 #
 # Environment: OUT (results folder; default runs/gpu_check), PYTHON (default python3),
-# GPU_CHECK_BUDGET_S (wall budget, default 470), GPU_CHECK_PEER_LARGE=1 (also the peer's t5-large),
-# PEER (peer script for --prepare; default /work/shared/bench/peer_hf_torch.py).
+# GPU_CHECK_BUDGET_S (wall budget, default 500), GPU_CHECK_PEER_LARGE=1 (also the peer's t5-large),
+# PEER (peer script for --prepare; default ../shared/bench/peer_hf_torch.py beside the checkout),
+# GPU_CHECK_XLA_B (the XLA flags of the A/B's B side).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 REPO=$PWD
@@ -19,7 +22,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
   # lists and its dependencies) that the GPU image lacks; .devcarry/ is git-ignored and carried.
   set -e
   rm -rf .devcarry && mkdir -p .devcarry/site/wordfreq/data
-  cp "${PEER:-/work/shared/bench/peer_hf_torch.py}" .devcarry/peer_hf_torch.py
+  cp "${PEER:-$REPO/../shared/bench/peer_hf_torch.py}" .devcarry/peer_hf_torch.py
   site=$("$PY" -c "import pathlib, wordfreq; print(pathlib.Path(wordfreq.__file__).parent.parent)")
   for pkg in ftfy langcodes locate wcwidth; do cp -r "$site/$pkg" .devcarry/site/; done
   cp "$site"/wordfreq/*.py .devcarry/site/wordfreq/
@@ -31,7 +34,9 @@ fi
 
 TINY=${GPU_CHECK_TINY:-0}
 OUT=${OUT:-$REPO/runs/gpu_check}
-BUDGET=${GPU_CHECK_BUDGET_S:-470}
+BUDGET=${GPU_CHECK_BUDGET_S:-500}
+XLA_B=${GPU_CHECK_XLA_B:---xla_gpu_enable_triton_gemm=false --xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_command_buffer=}
+TRACE=${TMPDIR:-/tmp}/gpu_check_trace
 mkdir -p "$OUT"
 export PYTHONPATH="$REPO:$REPO/.devcarry/site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -92,16 +97,38 @@ EOF
 
 TT=(benchmarks/train_throughput.py "${SIZE[@]}" --json_out "$OUT/ours.jsonl")
 PEER_PY=.devcarry/peer_hf_torch.py
+# Ours runs before and after the peer (default options first, --fast after), 30 timed steps in 3 windows
+# each; --fast (same function: fused matmuls, chunked loss, no grad norm, segment / length masks) also
+# traces 3 steps and prints the top ops per step.
 if [[ "$TINY" == 1 ]]; then
-  step ours 120 "$PY" "${TT[@]}"
+  TS=(--steps 6 --windows 3 --warmup 1)
+  step ours_decoder 90 "$PY" "${TT[@]}" "${TS[@]}" --only decoder
   step peer 90 bash -c "$PY $PEER_PY ${PEER_ARGS[*]} | tee -a '$OUT/peer.jsonl'"
+  step ours_decoder_fast 90 "$PY" "${TT[@]}" "${TS[@]}" --only decoder --fast --profile "$TRACE/dec"
+  step ours_t5_fast 90 "$PY" "${TT[@]}" "${TS[@]}" --only t5-base --fast
 else
-  step ours_decoder 100 "$PY" "${TT[@]}" --only decoder
+  TS=(--steps 30 --windows 3 --warmup 3)
+  step ours_decoder 100 "$PY" "${TT[@]}" "${TS[@]}" --only decoder
   step peer_decoder 120 bash -c "$PY $PEER_PY ${PEER_ARGS[*]} --only decoder | tee -a '$OUT/peer.jsonl'"
-  step ours_t5_base 80 "$PY" "${TT[@]}" --only t5-base
-  step peer_t5_base 150 bash -c "$PY $PEER_PY ${PEER_ARGS[*]} --only t5-base | tee -a '$OUT/peer.jsonl'"
+  step ours_decoder_fast 100 "$PY" "${TT[@]}" "${TS[@]}" --only decoder --fast --label fast --profile "$TRACE/dec"
+  step ours_t5_base_fast 80 "$PY" "${TT[@]}" "${TS[@]}" --only t5-base --fast --label fast --profile "$TRACE/t5"
+  # the peer's torch.compile of T5 took over 100 s in earlier calls: it gets 200
+  step peer_t5_base 200 bash -c "$PY $PEER_PY ${PEER_ARGS[*]} --only t5-base | tee -a '$OUT/peer.jsonl'"
+  step ours_t5_base 80 "$PY" "${TT[@]}" "${TS[@]}" --only t5-base
+  # are the --fast attention paths (segment mask + is_causal, T5 lengths) right on cuDNN? all five cases
+  step attention_parity 120 "$PY" benchmarks/attention_parity.py --seq 128
+  # XLA-flag A/B: the --fast decoder above is A; B adds GPU_CHECK_XLA_B to XLA_FLAGS
+  step ours_decoder_fast_xla_b 100 env XLA_FLAGS="${XLA_FLAGS:-} $XLA_B" "$PY" "${TT[@]}" "${TS[@]}" \
+    --only decoder --fast --label xla_b
+  step ours_decoder_fast_unscanned 120 "$PY" "${TT[@]}" "${TS[@]}" --only decoder --fast --scan_layers 0
+  step ours_decoder_fast_fp8 100 "$PY" "${TT[@]}" "${TS[@]}" --only decoder --fast --fp8
+  step ours_decoder_packed 80 "$PY" "${TT[@]}" "${TS[@]}" --only decoder --packed 4
+  step ours_decoder_packed_segment_causal 80 "$PY" "${TT[@]}" "${TS[@]}" --only decoder --packed 4 --segment_causal
+  step ours_decoder_fast_bf16_mu 80 "$PY" "${TT[@]}" "${TS[@]}" --only decoder --fast --mu_dtype bfloat16
+  step ours_decoder_remat_minimal_attention 100 "$PY" "${TT[@]}" "${TS[@]}" --only decoder --fast \
+    --remat minimal_attention
   # batch 32 needs remat on 80 GB: without it the step wants 86 GB (cuDNN attention) or 149 GB (XLA's).
-  step ours_t5_large 90 "$PY" "${TT[@]}" --only t5-large --remat full
+  step ours_t5_large 90 "$PY" "${TT[@]}" "${TS[@]}" --only t5-large --remat full --fast
   if [[ "${GPU_CHECK_PEER_LARGE:-0}" == 1 ]]; then
     step peer_t5_large 120 bash -c "$PY $PEER_PY ${PEER_ARGS[*]} --only t5-large | tee -a '$OUT/peer.jsonl'"
   fi
@@ -116,16 +143,11 @@ else
   SUMMARY+=("data_vs_trainer: skipped (no trainer rate for $TRAINER_CONFIG)")
 fi
 if [[ "$TINY" == 1 ]]; then
-  step attention_parity 90 "$PY" benchmarks/attention_parity.py --seq 32
+  step attention_parity 90 "$PY" benchmarks/attention_parity.py --seq 32 --cases packed_causal,t5_lengths
   step scoring 90 "$PY" benchmarks/scoring.py "${SCORE[@]}"
 else
-  step attention_parity 100 "$PY" benchmarks/attention_parity.py --seq 128
   step scoring_decoder 60 "$PY" benchmarks/scoring.py --family decoder_only --preset decoder_1b "${SCORE[@]}"
   step scoring_t5 60 "$PY" benchmarks/scoring.py --family encoder_decoder --preset flan_t5_base "${SCORE[@]}"
-  # Variants, as the budget allows: real (packed) rows, the peer's bf16 weights, T5-large's lighter remat.
-  step ours_decoder_packed 60 "$PY" "${TT[@]}" --only decoder --packed 4
-  step ours_decoder_bf16_params 60 "$PY" "${TT[@]}" --only decoder --param_dtype bfloat16
-  step ours_t5_large_remat_minimal 80 "$PY" "${TT[@]}" --only t5-large --remat minimal
 fi
 
 echo
@@ -133,4 +155,6 @@ echo
   echo "== steps"; printf '%s\n' "${SUMMARY[@]}"
   echo "== ours vs peer (same machine, same call; peer: ${PEER_ARGS[*]})"
   "$PY" benchmarks/train_throughput.py --compare "$OUT/peer.jsonl" "$OUT/ours.jsonl" 2>&1
+  echo "== top ops per step (jax.profiler, --fast rows; full tables in log.txt)"
+  "$PY" benchmarks/train_throughput.py --top_ops "$OUT/ours.jsonl" 2>&1
 } | tee "$OUT/comparison.txt"

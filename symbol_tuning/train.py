@@ -189,7 +189,8 @@ def train(*, model: Any = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED
           num_microbatches: int = StepOptions.num_microbatches, z_loss: float = StepOptions.z_loss,
           loss_normalizing_factor: Any = "num_real_target_tokens", stream_fn: Callable[..., Any] = make_batch_stream,
           eval_fn: Callable | None = None, eval_every: int | None = LoopOptions.eval_every,
-          data_shards: int | None = None) -> Any:
+          data_shards: int | None = None, loss_impl: str = StepOptions.loss_impl,
+          loss_vocab_chunk: int = StepOptions.loss_vocab_chunk, grad_norm: bool = StepOptions.grad_norm) -> Any:
     """Build model, mesh, optimizer and this host's input stream, then run `trainer.train`.
 
     `batch_size` is global, read as `data_shards` shards of batch_size / data_shards rows (default: one per
@@ -207,7 +208,8 @@ def train(*, model: Any = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED
     loop = LoopOptions(steps=train_steps, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
                        log_every=log_every, eval_every=eval_every, seed=seed)
     step = StepOptions(num_microbatches=num_microbatches, z_loss=z_loss,
-                       loss_normalizing_factor=loss_normalizing_factor)
+                       loss_normalizing_factor=loss_normalizing_factor, loss_impl=loss_impl,
+                       loss_vocab_chunk=loss_vocab_chunk, grad_norm=grad_norm)
     from symbol_tuning.training.data_shards import ShardedStream
 
     process_index, process_count = partitioning.host_shard_info()

@@ -26,13 +26,33 @@ def _json_lines(text: str) -> list[dict]:
 
 def test_train_throughput_tiny_prints_peer_format_line_and_table(capsys):
     tt = _load("train_throughput")
-    assert tt.main(["--tiny", "--only", "decoder", "--steps", "2", "--warmup", "1"]) == 0
+    assert tt.main(["--tiny", "--only", "decoder", "--steps", "4", "--windows", "2", "--warmup", "1"]) == 0
     out = capsys.readouterr().out
     (row,) = _json_lines(out)
     assert row["config"] == "llama-tiny" and row["peer"] == "symbol_tuning-jax-adamw"
+    assert len(row["window_step_s"]) == 2  # the median of two windows is their mean
+    assert row["step_s"] == pytest.approx(sum(row["window_step_s"]) / 2, abs=2e-4)
     assert row["tokens_per_s"] == pytest.approx(2 * 64 / row["step_s"], rel=0.05)
-    assert row["mfu"] is None  # no bf16 peak is known for a CPU
+    assert row["mfu"] is None and row["mfu_causal"] is None  # no bf16 peak is known for a CPU
+    assert row["flops_per_step_causal"] < row["flops_per_step"]
     assert "tokens/s" in out.splitlines()[-2] and out.splitlines()[-1].startswith("llama-tiny")
+
+
+def test_train_throughput_runs_every_speed_option_and_prints_a_profile_summary(capsys, tmp_path):
+    tt = _load("train_throughput")
+    common = ["--tiny", "--steps", "2", "--windows", "1", "--warmup", "1"]
+    assert tt.main(common + ["--only", "decoder", "--fast", "--scan_layers", "0", "--packed", "2",
+                             "--remat", "minimal_attention", "--mu_dtype", "bfloat16",
+                             "--profile", str(tmp_path / "trace")]) == 0
+    assert tt.main(common + ["--only", "t5-base", "--fast", "--fp8", "--t5_dropout", "0"]) == 0
+    out = capsys.readouterr().out
+    dec, t5 = _json_lines(out)
+    assert dec["fused"] and dec["loss"] == "chunked" and dec["segment_causal"] and dec["scan_layers"] == 0
+    assert dec["grad_norm"] is False and dec["mu_dtype"] == "bfloat16" and dec["profile_top"]
+    assert "== top ops per step, llama-tiny" in out and "ms/step" in out
+    assert t5["config"] == "t5-tiny" and t5["padding_as_lengths"] and t5["fp8"] and "error" not in t5
+    table = tt.compare_table([], [dec, t5])
+    assert "fused=True" in table and "fp8=True" in table
 
 
 def _peer_llama_flops(hidden, layers, heads, kv, inter, vocab, seq, batch):
@@ -45,42 +65,47 @@ def _peer_llama_flops(hidden, layers, heads, kv, inter, vocab, seq, batch):
 
 
 def _peer_t5_flops(d, layers, heads, dkv, dff, vocab, lin, lout, batch):
-    """The peer's T5 FLOPs, with encoder / decoder parameter counts from an HF T5ForConditionalGeneration."""
+    """The peer's T5 FLOPs, with encoder / decoder parameter counts from an HF T5ForConditionalGeneration,
+    and the HF model's cross-attention key / value parameter count."""
     from transformers import T5Config, T5ForConditionalGeneration
     m = T5ForConditionalGeneration(T5Config(vocab_size=vocab, d_model=d, d_kv=dkv, d_ff=dff, num_layers=layers,
                                             num_decoder_layers=layers, num_heads=heads,
                                             feed_forward_proj="gated-gelu", tie_word_embeddings=False))
     n_enc = sum(p.numel() for n, p in m.encoder.named_parameters() if "embed" not in n)
     n_dec = sum(p.numel() for n, p in m.decoder.named_parameters() if "embed" not in n)
+    cross_kv = sum(p.numel() for n, p in m.decoder.named_parameters() if "EncDecAttention.k" in n
+                   or "EncDecAttention.v" in n)
     return 6 * batch * (n_enc * lin + n_dec * lout + vocab * d * lout) + 12 * layers * heads * dkv * batch * (
-        lin * lin + lout * lout + lout * lin)
+        lin * lin + lout * lout + lout * lin), cross_kv
 
 
 def test_decoder_flops_equal_the_peer_formula_on_an_hf_llama():
-    tt = _load("train_throughput")
     import flax.linen as nn
 
     from symbol_tuning.models.decoder import DecoderConfig
     from symbol_tuning.models.decoder_model import DecoderOnlyModel
+    from symbol_tuning.training import flops
     cfg = DecoderConfig(vocab_size=256, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, d_ff=128)
     params = nn.meta.unbox(jax.eval_shape(lambda k: DecoderOnlyModel(cfg).get_initial_variables(
         k, {"decoder_input_tokens": (1, 8)}), jax.random.PRNGKey(0))["params"])
-    ours = tt.decoder_flops_per_step(cfg, params, batch=2, seq=64)
+    ours = flops.train_flops_per_step(cfg, params, {"decoder_input_tokens": (2, 64)})
     assert ours == _peer_llama_flops(64, 2, 4, 2, 128, 256, 64, 2)
 
 
-def test_t5_flops_equal_the_peer_formula_on_an_hf_t5():
-    tt = _load("train_throughput")
+def test_t5_flops_are_the_peer_formula_with_cross_attention_kv_moved_to_the_inputs():
+    """The peer charges the cross-attention K/V projections per target token; they act on the Li inputs."""
     import flax.linen as nn
 
     from symbol_tuning.models.t5 import T5Config
     from symbol_tuning.models.t5_model import EncoderDecoderModel
+    from symbol_tuning.training import flops
     cfg = T5Config(vocab_size=256, d_model=64, num_heads=4, d_kv=16, d_ff=128, num_encoder_layers=2,
                    num_decoder_layers=2)
     params = nn.meta.unbox(jax.eval_shape(lambda k: EncoderDecoderModel(cfg).get_initial_variables(
         k, {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 4)}), jax.random.PRNGKey(0))["params"])
-    ours = tt.t5_flops_per_step(cfg, params, batch=2, inputs=64, targets=16)
-    assert ours == _peer_t5_flops(64, 2, 4, 16, 128, 256, 64, 16, 2)
+    ours = flops.train_flops_per_step(cfg, params, {"encoder_input_tokens": (2, 64), "decoder_input_tokens": (2, 16)})
+    peer, cross_kv = _peer_t5_flops(64, 2, 4, 16, 128, 256, 64, 16, 2)
+    assert cross_kv == 2 * 2 * 64 * 64 and ours == peer + 6 * 2 * cross_kv * (64 - 16)
 
 
 def test_compare_table_shows_speedup_and_flags_missed_targets(tmp_path):
@@ -114,11 +139,12 @@ def test_compare_table_holds_variants_to_no_target_but_remat_rows_to_theirs(tmp_
 
 def test_attention_parity_checks_t5_bias_gradients_and_finds_no_mismatch(capsys):
     ap = _load("attention_parity")
-    assert ap.main(["--seq", "32", "--cases", "t5"]) == 0
+    assert ap.main(["--seq", "32", "--cases", "t5,t5_lengths"]) == 0
     rows = _json_lines(capsys.readouterr().out)
-    assert [r["case"] for r in rows] == ["t5 padded inputs"]
+    assert [r["case"] for r in rows] == ["t5 padded inputs", "t5 padded inputs, padding_as_lengths"]
     # on the CPU auto is XLA: bf16 against float32 is plain bf16 rounding, neither 0 nor near 1
-    assert rows[0]["ok"] and 1e-4 < rows[0]["bf16_auto_grads_err"] < 5e-2
+    for row in rows:
+        assert row["ok"] and 1e-4 < row["bf16_auto_grads_err"] < 5e-2
     with pytest.raises(SystemExit, match="unknown \\['moe'\\]"):
         ap.main(["--cases", "t5,moe"])
 
@@ -178,16 +204,29 @@ def test_gpu_check_script_is_valid_bash_and_shellcheck_clean():
 
 
 def test_decoder_1b_flops_per_token_agree_with_the_peers_published_mfu():
-    tt = _load("train_throughput")
     import flax.linen as nn
 
     from symbol_tuning.models.decoder import DecoderConfig
     from symbol_tuning.models.decoder_model import DecoderOnlyModel
-    from symbol_tuning.training import metrics
+    from symbol_tuning.training import flops
     cfg = DecoderConfig.preset("decoder_1b")
     params = nn.meta.unbox(jax.eval_shape(lambda k: DecoderOnlyModel(cfg).get_initial_variables(
         k, {"decoder_input_tokens": (1, 8)}), jax.random.PRNGKey(0))["params"])
-    ours = tt.decoder_flops_per_step(cfg, params, batch=8, seq=2048) / (8 * 2048)
+    ours = flops.train_flops_per_token(cfg, params, {"decoder_input_tokens": (8, 2048)})
     # the peer's H100 row (DESIGN.md): 58.8k tokens/s at 43.5% of 989.4 TFLOP/s
-    peer = 0.435 * metrics.peak_flops_per_device("NVIDIA H100 80GB HBM3") / 58800
+    peer = 0.435 * flops.peak_flops_per_device("NVIDIA H100 80GB HBM3") / 58800
     assert math.isclose(ours, peer, rel_tol=0.01)
+
+
+def test_step_memory_reports_compiled_memory_per_option_from_xla(capsys):
+    sm = _load("step_memory")
+    assert sm.main(["--size", "tiny", "--family", "decoder_only",
+                    "--options", "baseline,remat_full,bf16_mu,padding_as_lengths"]) == 0
+    out = capsys.readouterr().out
+    rows = {r["option"]: r for r in _json_lines(out)}
+    assert set(rows) == {"baseline", "remat_full", "bf16_mu"}  # padding_as_lengths is T5's
+    assert rows["remat_full"]["temp_size"] < rows["baseline"]["temp_size"]
+    assert rows["bf16_mu"]["argument_size"] < rows["baseline"]["argument_size"]
+    assert "temp vs baseline" in out.splitlines()[-4]
+    with pytest.raises(SystemExit, match="unknown \\['bogus'\\]"):
+        sm.main(["--options", "bogus"])

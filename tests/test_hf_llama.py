@@ -194,3 +194,18 @@ def test_palm_config_export_is_refused_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="PaLM-style"):
         export_llama(config, params["params"], str(out))
     assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_fused_unscanned_import_matches_hf_and_exports_back_unchanged(tmp_path):
+    """fused_projections and scan_layers=False keep the parameter names, so HF import / export stay exact."""
+    path, hf = make_hf(tmp_path, "llama", 4, 2, False)
+    config, params = import_llama(path, dtype="float32", fused_projections=True, scan_layers=False)
+    ours = np.asarray(DecoderOnlyModel(config).compute_logits(params, {"decoder_input_tokens": TOKENS}))
+    ref = hf_logits(hf, TOKENS, VALID.astype(np.int64))
+    assert np.max(np.abs(ours[VALID] - ref[VALID])) < 1e-4
+    export_llama(config, params, str(tmp_path / "out"))
+    original, exported = load_file(os.path.join(path, "model.safetensors")), load_file(
+        str(tmp_path / "out" / "model.safetensors"))
+    assert sorted(exported) == sorted(k for k in original if "rotary" not in k)
+    for name, value in exported.items():
+        np.testing.assert_array_equal(value, original[name].astype(np.float32), err_msg=name)

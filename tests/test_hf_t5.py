@@ -173,3 +173,16 @@ def test_export_into_a_non_empty_directory_is_refused_and_writes_nothing(saved, 
     with pytest.raises(FileExistsError, match="not empty"):
         export_t5(cfg, params, str(tmp_path))
     assert os.listdir(tmp_path) == ["keep.txt"]
+
+
+def test_fused_projections_and_padding_as_lengths_match_hf_logits_and_export_back(saved, tmp_path):
+    """The speed options keep the parameter tree, so import and export stay exact for right-padded inputs."""
+    path, hf = saved
+    cfg, params = import_t5(str(path), fused_projections=True, padding_as_lengths=True, scan_layers=False)
+    enc, dec = tokens(3)
+    ours = np.asarray(EncoderDecoderModel(cfg.replace(dtype="float32")).compute_logits(
+        params, {"encoder_input_tokens": enc, "decoder_input_tokens": dec}))
+    np.testing.assert_allclose(ours, hf_logits(hf, enc, dec), rtol=0, atol=1e-4)
+    export_t5(cfg, params, str(tmp_path / "out"))
+    reloaded = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path / "out")).eval()
+    np.testing.assert_allclose(hf_logits(reloaded, enc, dec), hf_logits(hf, enc, dec), rtol=0, atol=1e-6)

@@ -39,8 +39,10 @@ class BaseModel(abc.ABC):
         """Boxed variables {"params": ...} for batches of the given feature shapes."""
 
     @abc.abstractmethod
-    def compute_logits(self, params: Params, batch: Batch, *, dropout_rng: jax.Array | None = None) -> jax.Array:
-        """Logits [B, Lt, vocab] in float32 for the target positions; dropout only when a rng is given."""
+    def compute_logits(self, params: Params, batch: Batch, *, dropout_rng: jax.Array | None = None,
+                       float32_logits: bool = True) -> jax.Array:
+        """Logits [B, Lt, vocab] for the target positions, in float32 (or the compute dtype with
+        float32_logits=False, for a loss that upcasts one vocabulary chunk at a time); dropout only with a rng."""
 
     @abc.abstractmethod
     def score_options(self, params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Array,

@@ -22,9 +22,11 @@ from symbol_tuning.models.layers import (
     DenseGeneral,
     Embed,
     GatedMLP,
+    Kernel,
     RMSNorm,
     attention,
     constrain,
+    dense_dot,
     layer_stack,
 )
 
@@ -34,7 +36,15 @@ HF_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """Shape and numerics of a decoder-only model (defaults: a Llama-style block)."""
+    """Shape and numerics of a decoder-only model (defaults: a Llama-style block).
+
+    Speed options (none changes the parameters or the function computed): `scan_layers` (one nn.scan
+    over the blocks, or a Python loop: no stacked activation buffers); `fused_projections` (Q/K/V as one
+    matmul against the concatenated kernels, and the MLP's gate/up as one); `segment_causal` (packed rows
+    give attention a same-segment mask plus is_causal, so cuDNN skips the blocks above the diagonal,
+    instead of one mask with causality folded in); `fp8` (E4M3/E5M2 matmuls, models/fp8.py: this one does
+    change the numerics).
+    """
 
     vocab_size: int
     d_model: int
@@ -59,6 +69,9 @@ class DecoderConfig:
     remat_policy: str = "none"
     attention_impl: str | None = None
     bidirectional_prefix: bool = False
+    fused_projections: bool = False
+    segment_causal: bool = False
+    fp8: bool = False
     bos_id: int = 1
     eos_id: int = 2
     pad_id: int = 0
@@ -228,16 +241,25 @@ class Attention(nn.Module):
     """Grouped-query self-attention with RoPE and an optional KV cache written at `cache_index`."""
 
     config: DecoderConfig
+    causal_with_mask: bool = False  # is_causal also when a mask is given (segment_causal packing)
 
     @nn.compact
     def __call__(self, x, positions, mask, cache=None, cache_index=None):
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         dense = lambda feats, axes, name, in_axes=1: DenseGeneral(  # noqa: E731
-            feats, kernel_axes=axes, in_axes=in_axes, dtype=dtype, param_dtype=pdtype, name=name)
-        q = dense((cfg.num_heads, cfg.head_dim), ("embed", "heads", "kv"), "query")(x)
-        k = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "kv"), "key")(x)
-        v = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "kv"), "value")(x)
+            feats, kernel_axes=axes, in_axes=in_axes, dtype=dtype, param_dtype=pdtype, fp8=cfg.fp8, name=name)
+        if cfg.fused_projections:
+            kernel = lambda heads, axis, name: Kernel((x.shape[-1], heads, cfg.head_dim),  # noqa: E731
+                                                      ("embed", axis, "kv"), param_dtype=pdtype, name=name)()
+            qkv = jnp.concatenate([kernel(cfg.num_heads, "heads", "query"), kernel(cfg.num_kv_heads, "kv_heads", "key"),
+                                   kernel(cfg.num_kv_heads, "kv_heads", "value")], axis=1)
+            qkv = dense_dot(x, qkv, 1, dtype, cfg.fp8)
+            q, k, v = jnp.split(qkv, (cfg.num_heads, cfg.num_heads + cfg.num_kv_heads), axis=2)
+        else:
+            q = dense((cfg.num_heads, cfg.head_dim), ("embed", "heads", "kv"), "query")(x)
+            k = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "kv"), "key")(x)
+            v = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "kv"), "value")(x)
         if cfg.qkv_bias:
             bias = lambda n, heads, axis: self.param(  # noqa: E731
                 n, nn.with_logical_partitioning(nn.initializers.zeros, (axis, "kv")), (heads, cfg.head_dim), pdtype)
@@ -256,7 +278,7 @@ class Attention(nn.Module):
             new_cache = (k, v)
         if mask is None and cache is not None:
             raise ValueError("Attention: a KV cache needs an explicit mask covering the whole cache")
-        out = attention(q, k.astype(dtype), v.astype(dtype), mask=mask, causal=mask is None,
+        out = attention(q, k.astype(dtype), v.astype(dtype), mask=mask, causal=mask is None or self.causal_with_mask,
                         scale=cfg.head_dim ** -0.5, implementation=cfg.attention_impl)
         out = constrain(out, ("batch", "length", "heads", "kv"))
         return dense(cfg.d_model, ("heads", "kv", "embed"), "out", in_axes=2)(out), new_cache
@@ -267,6 +289,7 @@ class Block(nn.Module):
 
     config: DecoderConfig
     deterministic: bool = True
+    causal_with_mask: bool = False
 
     @nn.compact
     def __call__(self, x, positions, mask, cache=None, cache_index=None):
@@ -275,10 +298,10 @@ class Block(nn.Module):
         norm = lambda name: RMSNorm(cfg.norm_epsilon, dtype=dtype,  # noqa: E731
                                     param_dtype=jnp.dtype(cfg.param_dtype), name=name)
         mlp = GatedMLP(cfg.d_ff, activation=cfg.activation, dropout_rate=cfg.dropout_rate, dtype=dtype,
-                       param_dtype=jnp.dtype(cfg.param_dtype), name="mlp")
+                       param_dtype=jnp.dtype(cfg.param_dtype), fused=cfg.fused_projections, fp8=cfg.fp8, name="mlp")
         drop = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         h = norm("input_norm")(x)
-        attn, new_cache = Attention(cfg, name="attn")(h, positions, mask, cache, cache_index)
+        attn, new_cache = Attention(cfg, self.causal_with_mask, name="attn")(h, positions, mask, cache, cache_index)
         if cfg.parallel_block:
             x = x + drop(attn, deterministic=self.deterministic) + drop(
                 mlp(h, deterministic=self.deterministic), deterministic=self.deterministic)
@@ -296,14 +319,16 @@ class DecoderLM(nn.Module):
     materialised, so the fused cuDNN kernel can run on GPU).
     cache: (k, v) each [num_layers, B, S, num_kv_heads, head_dim]; new keys are written at cache_index
     and `mask` [B, 1, T, S] must cover the whole cache. With logit_positions [B] only that position's
-    logits are computed ([B, 1, V]). Returns (logits, new cache or None).
+    logits are computed ([B, 1, V]). causal=True applies is_causal on top of `mask` (segment_causal).
+    Logits are float32 unless float32_logits=False (then in the compute dtype, for a loss that upcasts
+    them chunk by chunk). Returns (logits, new cache or None).
     """
 
     config: DecoderConfig
 
     @nn.compact
     def __call__(self, tokens, positions, mask, cache=None, cache_index=None, deterministic: bool = True,
-                 logit_positions=None):
+                 logit_positions=None, causal=None, float32_logits: bool = True):
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         embed = Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=pdtype, name="token_embed",
@@ -315,7 +340,7 @@ class DecoderLM(nn.Module):
         x = constrain(x, ("batch", "length", "embed"))
         in_axes = (nn.broadcast, nn.broadcast, 0, nn.broadcast)
         x, new_cache = layer_stack(cfg, Block, cfg.num_layers, deterministic, in_axes,
-                                   (x, positions, mask, cache, cache_index))
+                                   (x, positions, mask, cache, cache_index), causal_with_mask=bool(causal))
         if logit_positions is not None:
             x = jnp.take_along_axis(x, logit_positions[:, None, None].astype(jnp.int32), axis=1)
         x = RMSNorm(cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="final_norm")(x)
@@ -324,5 +349,5 @@ class DecoderLM(nn.Module):
         else:
             logits = DenseGeneral(cfg.vocab_size, kernel_axes=("embed", "vocab"), dtype=dtype, param_dtype=pdtype,
                                   name="lm_head")(x)
-        logits = constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        logits = constrain(logits.astype(jnp.float32) if float32_logits else logits, ("batch", "length", "vocab"))
         return logits, new_cache

@@ -30,7 +30,7 @@ class DecoderOnlyModel(BaseModel):
         self.module = DecoderLM(config)
         # jitted once per wrapper so eager callers (evaluator, tests) reuse compilations; inside an outer
         # jit (the trainer) these simply inline.
-        self._logits_jit = jax.jit(self._compute_logits)
+        self._logits_jit = jax.jit(self._compute_logits, static_argnums=(3,))
         self._score_jit = jax.jit(self._score_options)
         self._decode_jit = jax.jit(self._decode, static_argnames=("max_new_tokens", "eos_id", "temperature"))
 
@@ -45,14 +45,17 @@ class DecoderOnlyModel(BaseModel):
         init = jax.jit(lambda key: self.module.init({"params": key}, tokens, positions, mask)["params"])
         return {"params": init(rng)}
 
-    def compute_logits(self, params: Params, batch: Batch, *, dropout_rng: jax.Array | None = None) -> jax.Array:
-        """Float32 logits [B, L, V] for a (possibly packed) prefix-LM batch; dropout only with a rng."""
+    def compute_logits(self, params: Params, batch: Batch, *, dropout_rng: jax.Array | None = None,
+                       float32_logits: bool = True) -> jax.Array:
+        """Float32 logits [B, L, V] for a (possibly packed) prefix-LM batch (in the compute dtype with
+        float32_logits=False); dropout only with a rng."""
         if self.config.bidirectional_prefix and "decoder_causal_attention" not in batch:
             raise KeyError("batch: 'decoder_causal_attention' is required when bidirectional_prefix=True")
         features = {k: batch[k] for k in FEATURES if k in batch}
-        return self._logits_jit(nn.meta.unbox(params), features, dropout_rng)
+        return self._logits_jit(nn.meta.unbox(params), features, dropout_rng, float32_logits)
 
-    def _compute_logits(self, params: Params, batch: Batch, dropout_rng: jax.Array | None) -> jax.Array:
+    def _compute_logits(self, params: Params, batch: Batch, dropout_rng: jax.Array | None,
+                        float32_logits: bool = True) -> jax.Array:
         tokens = jnp.asarray(batch["decoder_input_tokens"])
         positions = batch.get("decoder_positions")
         if positions is None:
@@ -62,13 +65,17 @@ class DecoderOnlyModel(BaseModel):
         if self.config.bidirectional_prefix:
             prefix = jnp.asarray(batch["decoder_causal_attention"])
         mask = None  # plain causal: no [B, 1, T, T] mask is built, so the fused kernel can run
+        # segment_causal: a packed row's mask holds only the segments and is_causal adds causality, so a
+        # fused kernel skips the blocks above the diagonal (the same function as one combined mask)
+        causal = self.config.segment_causal and segments is not None and prefix is None
         if segments is not None or prefix is not None:
             ones = jnp.ones(tokens.shape, bool)
-            mask = make_attention_mask(ones, ones, causal=True, query_segment_ids=segments,
+            mask = make_attention_mask(ones, ones, causal=not causal, query_segment_ids=segments,
                                        key_segment_ids=segments, causal_prefix=prefix)
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
         logits, _ = self.module.apply({"params": params}, tokens, jnp.asarray(positions), mask,
-                                      deterministic=dropout_rng is None, rngs=rngs)
+                                      deterministic=dropout_rng is None, rngs=rngs, causal=causal,
+                                      float32_logits=float32_logits)
         return logits
 
     def _empty_cache(self, batch: int, length: int) -> tuple[jax.Array, jax.Array]:

@@ -8,11 +8,13 @@ import os
 from typing import Any
 
 import flax.linen as nn
+import jax
 import numpy as np
 from flax import traverse_util
 from safetensors.numpy import save_file
 
 from symbol_tuning.models.families import config_from_record, config_record, import_hf_checkpoint
+from symbol_tuning.models.layers import convert_layer_layout
 from symbol_tuning.models.safetensors_io import open_checked, read_json_file, write_directory_atomically
 
 CONFIG_NAME = "config.json"
@@ -39,8 +41,12 @@ def save_native(config: Any, params: Any, directory: str, *, dtype: str = "float
     write_directory_atomically(directory, write, prefix=".native-")
 
 
-def load_native(directory: str) -> tuple[Any, dict]:
-    """(config, nested float32 numpy params) from a directory written by save_native."""
+def load_native(directory: str, *, scan_layers: bool | None = None) -> tuple[Any, dict]:
+    """(config, nested float32 numpy params) from a directory written by save_native.
+
+    `scan_layers` True / False returns the params in that layer layout (and the config saying so),
+    whichever layout the checkpoint was saved in; None keeps the saved one.
+    """
     cfg_file = os.path.join(directory, CONFIG_NAME)
     params_file = os.path.join(directory, PARAMS_NAME)
     for file in (cfg_file, params_file):
@@ -52,7 +58,11 @@ def load_native(directory: str) -> tuple[Any, dict]:
     with open_checked(params_file) as f:
         for name in f.keys():
             flat[tuple(name.split("/"))] = f.get_tensor(name).astype(np.float32)
-    return config, traverse_util.unflatten_dict(flat)
+    params = traverse_util.unflatten_dict(flat)
+    if scan_layers is not None and bool(scan_layers) != bool(config.scan_layers):
+        params = jax.tree.map(np.asarray, convert_layer_layout(params, scan_layers=bool(scan_layers)))
+        config = config.replace(scan_layers=bool(scan_layers))
+    return config, params
 
 
 def checkpoint_kind(directory: str) -> str:

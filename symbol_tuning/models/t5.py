@@ -24,9 +24,11 @@ from symbol_tuning.models.layers import (
     DenseGeneral,
     Embed,
     GatedMLP,
+    Kernel,
     RMSNorm,
     attention,
     constrain,
+    dense_dot,
     layer_stack,
 )
 
@@ -35,7 +37,14 @@ HF_GATED_ACTIVATIONS = {"gated-gelu": "gelu_new", "gated-gelu_new": "gelu_new", 
 
 @dataclass(frozen=True)
 class T5Config:
-    """Shape and numerics of a T5.1.1-style encoder-decoder (HF T5Config field names)."""
+    """Shape and numerics of a T5.1.1-style encoder-decoder (HF T5Config field names).
+
+    Speed options (none changes the parameters): `scan_layers`; `fused_projections` (self-attention
+    Q/K/V as one matmul, cross-attention K/V as one, the MLP's gate/up as one); `padding_as_lengths`
+    (unpacked, right-padded batches give attention the inputs' lengths instead of [B, 1, T, S] masks:
+    no mask is folded into the relative-position bias, the decoder's self-attention is is_causal and
+    cross-attention can take cuDNN's kernel); `fp8` (FP8 matmuls, models/fp8.py; changes the numerics).
+    """
 
     vocab_size: int
     d_model: int
@@ -55,6 +64,9 @@ class T5Config:
     scan_layers: bool = True
     remat_policy: str = "none"
     attention_impl: str | None = None
+    fused_projections: bool = False
+    padding_as_lengths: bool = False
+    fp8: bool = False
     decoder_start_token_id: int = 0
     pad_id: int = 0
     eos_id: int = 1
@@ -222,32 +234,49 @@ class RelativePositionBias(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Unscaled T5 attention (1/sqrt(d_kv) lives in the query init); keys/values may be given precomputed."""
+    """Unscaled T5 attention (1/sqrt(d_kv) lives in the query init); keys/values may be given precomputed.
+
+    `causal` applies is_causal (with or without a mask); `key_lengths` [B] marks right-padded keys.
+    """
 
     config: T5Config
+    causal: bool = False
 
     @nn.compact
-    def __call__(self, x, memory, bias, mask, kv=None, cache=None, cache_index=None):
+    def __call__(self, x, memory, bias, mask, kv=None, cache=None, cache_index=None, key_lengths=None):
         """Returns (output, (k, v) after any cache write). `memory` is x for self-attention."""
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         dense = lambda axes, name, init, feats=(cfg.num_heads, cfg.d_kv), in_axes=1: DenseGeneral(  # noqa: E731
-            feats, kernel_axes=axes, in_axes=in_axes, dtype=dtype, param_dtype=pdtype, kernel_init=init, name=name)
+            feats, kernel_axes=axes, in_axes=in_axes, dtype=dtype, param_dtype=pdtype, kernel_init=init, fp8=cfg.fp8,
+            name=name)
         fan_in = lambda scale: nn.initializers.variance_scaling(scale, "fan_in", "normal")  # noqa: E731
-        q = dense(("embed", "heads", "kv"), "query", fan_in(1.0 / cfg.d_kv))(x)
-        q = constrain(q, ("batch", "length", "heads", "kv"))
-        if kv is None:
-            k = dense(("embed", "heads", "kv"), "key", fan_in(1.0))(memory)
-            v = dense(("embed", "heads", "kv"), "value", fan_in(1.0))(memory)
+        kernel = lambda name, scale: Kernel((cfg.d_model, cfg.num_heads, cfg.d_kv), ("embed", "heads", "kv"),  # noqa: E731
+                                            param_dtype=pdtype, kernel_init=fan_in(scale), name=name)()
+        if cfg.fused_projections and kv is None and memory is x:
+            qkv = dense_dot(x, jnp.stack([kernel("query", 1.0 / cfg.d_kv), kernel("key", 1.0),
+                                          kernel("value", 1.0)], axis=1), 1, dtype, cfg.fp8)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         else:
-            k, v = kv
+            q = dense(("embed", "heads", "kv"), "query", fan_in(1.0 / cfg.d_kv))(x)
+            if kv is not None:
+                k, v = kv
+            elif cfg.fused_projections:
+                kv_ = dense_dot(memory, jnp.stack([kernel("key", 1.0), kernel("value", 1.0)], axis=1), 1, dtype,
+                                cfg.fp8)
+                k, v = kv_[:, :, 0], kv_[:, :, 1]
+            else:
+                k = dense(("embed", "heads", "kv"), "key", fan_in(1.0))(memory)
+                v = dense(("embed", "heads", "kv"), "value", fan_in(1.0))(memory)
+        q = constrain(q, ("batch", "length", "heads", "kv"))
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
         k = constrain(k, ("batch", "length", "heads", "kv"))
         v = constrain(v, ("batch", "length", "heads", "kv"))
         out = attention(q, k.astype(dtype), v.astype(dtype), bias=None if bias is None else bias.astype(dtype),
-                        mask=mask, scale=1.0, implementation=cfg.attention_impl)
+                        mask=mask, causal=self.causal, scale=1.0, implementation=cfg.attention_impl,
+                        key_lengths=key_lengths)
         out = constrain(out, ("batch", "length", "heads", "kv"))
         out = dense(("heads", "kv", "embed"), "out", fan_in(1.0), feats=cfg.d_model, in_axes=2)(out)
         return out, (k, v)
@@ -260,16 +289,17 @@ class EncoderLayer(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, bias, mask):
+    def __call__(self, x, bias, mask, lengths=None):
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         drop = lambda h: _dropout(cfg, h, self.deterministic)  # noqa: E731
         h = RMSNorm(cfg.layer_norm_epsilon, dtype=dtype, param_dtype=pdtype, name="pre_attention_norm")(x)
-        h, _ = MultiHeadAttention(cfg, name="attention")(h, h, bias, mask)
+        h, _ = MultiHeadAttention(cfg, name="attention")(h, h, bias, mask, key_lengths=lengths)
         x = x + drop(h)
         h = RMSNorm(cfg.layer_norm_epsilon, dtype=dtype, param_dtype=pdtype, name="pre_mlp_norm")(x)
         h = GatedMLP(cfg.d_ff, activation=cfg.dense_act, dropout_rate=cfg.dropout_rate, dtype=dtype,
-                     param_dtype=pdtype, name="mlp")(h, deterministic=self.deterministic)
+                     param_dtype=pdtype, fused=cfg.fused_projections, fp8=cfg.fp8, name="mlp")(
+            h, deterministic=self.deterministic)
         x = constrain(x + drop(h), ("batch", "length", "embed"))
         return x, None
 
@@ -284,23 +314,27 @@ class DecoderLayer(nn.Module):
 
     config: T5Config
     deterministic: bool = True
+    self_causal: bool = False  # is_causal in self-attention (padding_as_lengths: no decoder mask)
 
     @nn.compact
-    def __call__(self, x, bias, mask, encoded, cross_mask, cache=None, cache_index=None, cross_kv=None):
+    def __call__(self, x, bias, mask, encoded, cross_mask, cache=None, cache_index=None, cross_kv=None,
+                 encoder_lengths=None):
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         drop = lambda h: _dropout(cfg, h, self.deterministic)  # noqa: E731
         norm = lambda name: RMSNorm(cfg.layer_norm_epsilon, dtype=dtype, param_dtype=pdtype, name=name)  # noqa: E731
         h = norm("pre_self_attention_norm")(x)
-        h, new_cache = MultiHeadAttention(cfg, name="self_attention")(h, h, bias, mask, cache=cache,
+        h, new_cache = MultiHeadAttention(cfg, self.self_causal, name="self_attention")(h, h, bias, mask, cache=cache,
                                                                       cache_index=cache_index)
         x = x + drop(h)
         h = norm("pre_cross_attention_norm")(x)
-        h, new_cross = MultiHeadAttention(cfg, name="cross_attention")(h, encoded, None, cross_mask, kv=cross_kv)
+        h, new_cross = MultiHeadAttention(cfg, name="cross_attention")(h, encoded, None, cross_mask, kv=cross_kv,
+                                                                       key_lengths=encoder_lengths)
         x = x + drop(h)
         h = norm("pre_mlp_norm")(x)
         h = GatedMLP(cfg.d_ff, activation=cfg.dense_act, dropout_rate=cfg.dropout_rate, dtype=dtype,
-                     param_dtype=pdtype, name="mlp")(h, deterministic=self.deterministic)
+                     param_dtype=pdtype, fused=cfg.fused_projections, fp8=cfg.fp8, name="mlp")(
+            h, deterministic=self.deterministic)
         x = constrain(x + drop(h), ("batch", "length", "embed"))
         return x, ((new_cache, new_cross if cross_kv is None else None) if cache is not None else None)
 
@@ -315,7 +349,7 @@ class Encoder(nn.Module):
     config: T5Config
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool = True):
+    def __call__(self, x, mask, deterministic: bool = True, lengths=None):
         cfg = self.config
         length = x.shape[1]
         positions = jnp.arange(length)
@@ -323,7 +357,7 @@ class Encoder(nn.Module):
         x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = constrain(x, ("batch", "length", "embed"))
         x, _ = layer_stack(cfg, EncoderLayer, cfg.num_encoder_layers, deterministic,
-                           (nn.broadcast, nn.broadcast), (x, bias, mask))
+                           (nn.broadcast, nn.broadcast, nn.broadcast), (x, bias, mask, lengths))
         x = RMSNorm(cfg.layer_norm_epsilon, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
                     name="final_norm")(x)
         return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
@@ -339,7 +373,7 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, y, encoded, mask, cross_mask, cache=None, cache_index=None, cross_kv=None,
-                 deterministic: bool = True):
+                 deterministic: bool = True, encoder_lengths=None, causal: bool = False):
         cfg = self.config
         t = y.shape[1]
         s = t if cache is None else cache[0].shape[2]
@@ -347,9 +381,10 @@ class Decoder(nn.Module):
         bias = RelativePositionBias(cfg, bidirectional=False, name="relpos")(offset + jnp.arange(t), jnp.arange(s))
         y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
         y = constrain(y, ("batch", "length", "embed"))
-        args = (y, bias, mask, encoded, cross_mask, cache, cache_index, cross_kv)
-        in_axes = (nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast, 0)
-        y, state = layer_stack(cfg, DecoderLayer, cfg.num_decoder_layers, deterministic, in_axes, args)
+        args = (y, bias, mask, encoded, cross_mask, cache, cache_index, cross_kv, encoder_lengths)
+        in_axes = (nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast, 0, nn.broadcast)
+        y, state = layer_stack(cfg, DecoderLayer, cfg.num_decoder_layers, deterministic, in_axes, args,
+                               self_causal=causal)
         y = RMSNorm(cfg.layer_norm_epsilon, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
                     name="final_norm")(y)
         return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic), state
@@ -373,24 +408,31 @@ class T5Transformer(nn.Module):
             self.lm_head = DenseGeneral(cfg.vocab_size, kernel_axes=("embed", "vocab"), dtype=dtype,
                                         param_dtype=pdtype)
 
-    def encode(self, encoder_tokens, encoder_mask, deterministic: bool = True):
-        """Encoded inputs [B, Li, D]."""
-        return self.encoder(self.token_embed(encoder_tokens), encoder_mask, deterministic)
+    def encode(self, encoder_tokens, encoder_mask, deterministic: bool = True, encoder_lengths=None):
+        """Encoded inputs [B, Li, D]; `encoder_lengths` [B] (with encoder_mask None) marks right padding."""
+        return self.encoder(self.token_embed(encoder_tokens), encoder_mask, deterministic, encoder_lengths)
 
     def decode(self, decoder_tokens, encoded, mask, cross_mask, cache=None, cache_index=None, cross_kv=None,
-               deterministic: bool = True):
-        """(float32 logits [B, T, V], (new cache, cross keys/values) or None)."""
+               deterministic: bool = True, encoder_lengths=None, causal: bool = False,
+               float32_logits: bool = True):
+        """(logits [B, T, V], (new cache, cross keys/values) or None); float32 unless float32_logits=False.
+        causal=True applies is_causal in self-attention (mask None for plain causal); `encoder_lengths`
+        [B] marks the encoder's right padding for cross-attention (cross_mask None)."""
         cfg = self.config
         y, state = self.decoder(self.token_embed(decoder_tokens), encoded, mask, cross_mask, cache, cache_index,
-                                cross_kv, deterministic)
+                                cross_kv, deterministic, encoder_lengths, causal)
         if cfg.tie_word_embeddings:
             logits = self.token_embed.attend(y * jnp.asarray(cfg.d_model ** -0.5, y.dtype))
         else:
             logits = self.lm_head(y)
-        return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab")), state
+        logits = logits.astype(jnp.float32) if float32_logits else logits
+        return constrain(logits, ("batch", "length", "vocab")), state
 
     def __call__(self, encoder_tokens, decoder_tokens, encoder_mask, decoder_mask, cross_mask,
-                 deterministic: bool = True):
-        encoded = self.encode(encoder_tokens, encoder_mask, deterministic)
-        logits, _ = self.decode(decoder_tokens, encoded, decoder_mask, cross_mask, deterministic=deterministic)
+                 deterministic: bool = True, encoder_lengths=None, float32_logits: bool = True):
+        """With encoder_lengths (padding_as_lengths) the three masks are None and the decoder is is_causal."""
+        encoded = self.encode(encoder_tokens, encoder_mask, deterministic, encoder_lengths)
+        logits, _ = self.decode(decoder_tokens, encoded, decoder_mask, cross_mask, deterministic=deterministic,
+                                encoder_lengths=encoder_lengths, causal=encoder_lengths is not None,
+                                float32_logits=float32_logits)
         return logits

@@ -57,13 +57,25 @@ class EncoderDecoderModel(BaseModel):
         cross_mask = make_attention_mask(dec_ok, enc_ok, query_segment_ids=dec_seg, key_segment_ids=enc_seg)
         return enc_mask, dec_mask, cross_mask
 
-    def compute_logits(self, params: Params, batch: Batch, *, dropout_rng: jax.Array | None = None) -> jax.Array:
-        """Float32 logits [B, Lt, V] for a (possibly packed) batch; positions are accepted and unused
-        (relative attention needs only offsets, which packing preserves)."""
+    def compute_logits(self, params: Params, batch: Batch, *, dropout_rng: jax.Array | None = None,
+                       float32_logits: bool = True) -> jax.Array:
+        """Float32 logits [B, Lt, V] for a (possibly packed) batch (compute dtype with float32_logits=False);
+        positions are accepted and unused (relative attention needs only offsets, which packing preserves).
+
+        With config.padding_as_lengths an unpacked batch's padding goes to attention as the inputs'
+        lengths (the count of non-pad tokens): exact for right-padded rows, which the feature converters
+        produce; a pad id inside a row would be attended to.
+        """
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-        return self.module.apply({"params": nn.meta.unbox(params)}, jnp.asarray(batch["encoder_input_tokens"]),
-                                 jnp.asarray(batch["decoder_input_tokens"]), *self._masks(batch),
-                                 deterministic=dropout_rng is None, rngs=rngs)
+        enc = jnp.asarray(batch["encoder_input_tokens"])
+        if self.config.padding_as_lengths and batch.get("encoder_segment_ids") is None:
+            lengths = jnp.sum(enc != self.config.pad_id, axis=1).astype(jnp.int32)
+            masks, extra = (None, None, None), dict(encoder_lengths=lengths)
+        else:
+            masks, extra = self._masks(batch), {}
+        return self.module.apply({"params": nn.meta.unbox(params)}, enc, jnp.asarray(batch["decoder_input_tokens"]),
+                                 *masks, deterministic=dropout_rng is None, rngs=rngs, float32_logits=float32_logits,
+                                 **extra)
 
     def _encode(self, params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Array):
         """(encoded [B, Lp, D], key validity [B, Lp]) for right-padded prompts."""

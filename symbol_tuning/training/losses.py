@@ -6,6 +6,7 @@ normaliser, which gives exactly the single-batch result.
 """
 from __future__ import annotations
 
+import math
 from typing import Union
 
 import jax
@@ -106,3 +107,116 @@ def token_accuracy(logits: jax.Array, targets: jax.Array, weights: jax.Array) ->
     """Fraction of weighted target tokens whose argmax prediction is right (0 when no weight)."""
     correct, total = token_accuracy_counts(logits, targets, weights)
     return correct / jnp.maximum(total, 1e-8)
+
+
+LOSS_IMPLS = ("reference", "chunked")
+
+
+def vocab_chunk_size(vocab: int, requested: int) -> int:
+    """The largest divisor of `vocab` that is <= `requested` (chunks must tile the vocabulary)."""
+    requested = max(1, min(int(requested), vocab))
+    return next(c for c in range(requested, 0, -1) if vocab % c == 0)
+
+
+def _chunks(logits: jax.Array, chunk: int):
+    """(number of chunks, f(i) -> float32 logits[..., i*chunk:(i+1)*chunk])."""
+    count = logits.shape[-1] // chunk
+
+    def get(i):
+        return jax.lax.dynamic_slice_in_dim(logits, i * chunk, chunk, axis=-1).astype(jnp.float32)
+    return count, get
+
+
+def _chunked_stats(logits: jax.Array, targets: jax.Array, chunk: int):
+    """One pass over the vocabulary in chunks: (log Z, target logit, sum of logits, argmax), float32."""
+    count, get = _chunks(logits, chunk)
+    lead = logits.shape[:-1]
+    init = (jnp.full(lead, -jnp.inf, jnp.float32), jnp.zeros(lead, jnp.float32), jnp.zeros(lead, jnp.float32),
+            jnp.zeros(lead, jnp.float32), jnp.zeros(lead, jnp.int32))
+
+    def body(i, carry):
+        run_max, run_sum, target_logit, logit_sum, best = carry
+        x = get(i)
+        chunk_max = jnp.max(x, axis=-1)
+        new_max = jnp.maximum(run_max, chunk_max)
+        run_sum = run_sum * jnp.exp(run_max - new_max) + jnp.sum(jnp.exp(x - new_max[..., None]), axis=-1)
+        local = targets - i * chunk
+        inside = (local >= 0) & (local < chunk)
+        picked = jnp.take_along_axis(x, jnp.clip(local, 0, chunk - 1)[..., None], axis=-1)[..., 0]
+        target_logit = jnp.where(inside, picked, target_logit)
+        # first index of the maximum, as jnp.argmax: a later chunk wins only when strictly larger
+        best = jnp.where(chunk_max > run_max, i * chunk + jnp.argmax(x, axis=-1).astype(jnp.int32), best)
+        return new_max, run_sum, target_logit, logit_sum + jnp.sum(x, axis=-1), best
+
+    run_max, run_sum, target_logit, logit_sum, best = jax.lax.fori_loop(0, count, body, init)
+    return run_max + jnp.log(run_sum), target_logit, logit_sum, best
+
+
+def chunked_cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array | None, *,
+                               z_loss: float = 0.0, label_smoothing: float = 0.0, vocab_chunk: int = 8192,
+                               ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """weighted_cross_entropy_sums and the weighted correct-token count, with a custom gradient.
+
+    The logits (typically bf16: the model's compute dtype) are read in vocabulary chunks of
+    `vocab_chunk` (rounded down to a divisor of V) and upcast one chunk at a time, so no float32
+    [B, L, V] array is kept for the backward pass; the argmax for accuracy comes from the same pass.
+    The gradient, p_v (1 + 2 z log Z) - (confidence - low) [v = target] - low per token times its
+    weight, is written chunk by chunk in the logits' dtype. Returns (loss_sum, z_loss_sum,
+    weight_sum, correct_sum); equal to the reference path within float32 rounding.
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits shape {logits.shape} does not match targets shape {targets.shape}")
+    if weights is None:
+        weights = jnp.ones(targets.shape, jnp.float32)
+    if weights.shape != targets.shape:
+        raise ValueError(f"weights shape {weights.shape} does not match targets shape {targets.shape}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+    vocab = logits.shape[-1]
+    chunk = vocab_chunk_size(vocab, vocab_chunk)
+    confidence = 1.0 - label_smoothing
+    low = label_smoothing / (vocab - 1) if vocab > 1 else 0.0
+    constant = float(-(confidence * math.log(confidence) + (vocab - 1) * low * math.log(low + 1e-20))
+                     ) if label_smoothing else 0.0
+    targets = targets.astype(jnp.int32)
+    weights = weights.astype(jnp.float32)
+
+    def token_terms(logits):
+        log_z, target_logit, logit_sum, best = _chunked_stats(logits, targets, chunk)
+        loss = -(confidence - low) * (target_logit - log_z)
+        if low:
+            loss = loss - low * (logit_sum - vocab * log_z)
+        z_term = z_loss * jnp.square(log_z)
+        return loss + z_term - constant, z_term, log_z, best
+
+    @jax.custom_vjp
+    def sums(logits, weights):
+        loss, z_term, _, best = token_terms(logits)
+        return jnp.sum(loss * weights), jnp.sum(z_term * weights), jax.lax.stop_gradient(best)
+
+    def fwd(logits, weights):
+        loss, z_term, log_z, best = token_terms(logits)
+        return (jnp.sum(loss * weights), jnp.sum(z_term * weights), best), (logits, weights, log_z, loss, z_term)
+
+    def bwd(res, cotangents):
+        logits, weights, log_z, loss, z_term = res
+        g_loss, g_z = cotangents[0], cotangents[1]
+        count, get = _chunks(logits, chunk)
+        # d(loss_sum)/dx_v = w (p_v (1 + 2 z logZ) - (c - l)[v = t] - l); d(z_sum)/dx_v = w 2 z logZ p_v
+        scale = weights * g_loss
+        p_coef = scale * (1.0 + 2.0 * z_loss * log_z) + weights * g_z * 2.0 * z_loss * log_z
+
+        def body(i, grad):
+            x = get(i)
+            p = jnp.exp(x - log_z[..., None])
+            onehot = (targets - i * chunk)[..., None] == jnp.arange(chunk)
+            g = p * p_coef[..., None] - scale[..., None] * ((confidence - low) * onehot + low)
+            return jax.lax.dynamic_update_slice_in_dim(grad, g.astype(grad.dtype), i * chunk, axis=-1)
+
+        grad = jax.lax.fori_loop(0, count, body, jnp.zeros_like(logits))
+        return grad, loss * g_loss + z_term * g_z
+
+    sums.defvjp(fwd, bwd)
+    loss_sum, z_sum, best = sums(logits, weights)
+    correct = jnp.sum((best == targets).astype(jnp.float32) * weights)
+    return loss_sum, z_sum, jnp.sum(weights), correct

@@ -1,4 +1,5 @@
-"""Training metrics: TensorBoard event files, a JSONL log, a console progress bar with ETA, and MFU.
+"""Training metrics: TensorBoard event files, a JSONL log and a console progress bar with ETA (FLOPs,
+peaks and MFU: training/flops.py).
 
 Only the primary host writes files; every host may compute.
 """
@@ -12,36 +13,6 @@ from typing import Mapping
 import jax
 
 from symbol_tuning.training import storage
-
-# Dense bf16 peak FLOP/s per chip, by `jax.devices()[0].device_kind` substring.
-PEAK_FLOPS = {
-    "H200": 989.4e12,
-    "H100": 989.4e12,
-    "A100": 312e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v5": 459e12,
-    "TPU v6": 918e12,
-}
-
-
-def peak_flops_per_device(device_kind: str | None = None) -> float | None:
-    """The chip's dense bf16 peak, or None where unknown (CPU), so MFU is not reported there."""
-    kind = device_kind if device_kind is not None else jax.devices()[0].device_kind
-    for key, value in PEAK_FLOPS.items():
-        if key.lower() in kind.lower():
-            return value
-    return None
-
-
-def train_flops_per_token(*, num_params: int, num_embedding_params: int, num_layers: int, d_model: int,
-                          sequence_length: int, vocab_size: int) -> float:
-    """Matmul FLOPs per trained token (PaLM appendix B): 6 N for the non-embedding weights, 6 V d for the
-    output layer and 12 L d T for attention scores and values."""
-    non_embedding = num_params - num_embedding_params
-    return 6.0 * non_embedding + 6.0 * vocab_size * d_model + 12.0 * num_layers * d_model * sequence_length
 
 
 class MetricsWriter:

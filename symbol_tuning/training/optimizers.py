@@ -65,7 +65,7 @@ def make_optimizer(*, name: str, learning_rate: float | optax.Schedule, weight_d
                    decay_rate: float = 0.8, clipping_threshold: float | None = 1.0,
                    multiply_by_parameter_scale: bool = True, factored: bool = True,
                    min_dim_size_to_factor: int = 128, momentum: float | None = None,
-                   weight_decay_mask: Any = None) -> optax.GradientTransformation:
+                   weight_decay_mask: Any = None, mu_dtype: str | None = None) -> optax.GradientTransformation:
     """An optax optimizer by name, optionally after clipping gradients to global norm `max_grad_norm`.
 
     adafactor: T5X defaults -- factored second moments for dims >= `min_dim_size_to_factor`, decay_rate
@@ -74,22 +74,27 @@ def make_optimizer(*, name: str, learning_rate: float | optax.Schedule, weight_d
       trailing dims ([layers, embed, heads, head_dim] with head_dim 64) are factored in a merged view
       (see `factoring_view`), as T5X factors heads x head_dim jointly.
     adamw: optax.adamw with b1, b2, eps and decoupled `weight_decay` (optionally masked).
+    mu_dtype ("bfloat16", say) stores AdamW's first moment, or Adafactor's momentum, in that dtype
+    (None: the parameters' dtype); the second moment stays float32 as its range needs.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid: {list(OPTIMIZERS)}")
     if max_grad_norm is not None and max_grad_norm <= 0:
         raise ValueError(f"max_grad_norm={max_grad_norm} must be positive or None")
+    if mu_dtype is not None and mu_dtype not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"mu_dtype={mu_dtype!r}: expected None, 'bfloat16', 'float16' or 'float32'")
+    mu = None if mu_dtype is None else jnp.dtype(mu_dtype)
     if name == "adafactor":
         opt = optax.adafactor(learning_rate=learning_rate, min_dim_size_to_factor=min_dim_size_to_factor,
                               decay_rate=decay_rate, multiply_by_parameter_scale=multiply_by_parameter_scale,
                               clipping_threshold=clipping_threshold, momentum=momentum, eps=1e-30,
                               factored=factored, weight_decay_rate=weight_decay or None,
-                              weight_decay_mask=weight_decay_mask)
+                              weight_decay_mask=weight_decay_mask, dtype_momentum=mu or jnp.float32)
         if factored:
             opt = in_factoring_view(opt, min_dim_size_to_factor=min_dim_size_to_factor)
     else:
         opt = optax.adamw(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                          mask=weight_decay_mask)
+                          mask=weight_decay_mask, mu_dtype=mu)
     if max_grad_norm is not None:
         opt = optax.chain(optax.clip_by_global_norm(max_grad_norm), opt)
     return opt

@@ -2,8 +2,9 @@
 
 A `Topology` names a chip kind and how many chips (and slices) a run gets; gin topology files bind it
 as `topologies.Topology` next to the run's `partitioning.MeshConfig`. Figures are the vendors'
-published per-chip numbers (dense bf16, no sparsity); "cpu" stands for simulated host devices
-(`--xla_force_host_platform_device_count`) and is only used to test the planner itself.
+published per-chip numbers (dense bf16, no sparsity; the peaks are training/flops.py's table); "cpu"
+stands for simulated host devices (`--xla_force_host_platform_device_count`) and is only used to test the
+planner itself.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import math
 from dataclasses import dataclass
 
 import gin
+
+from symbol_tuning.training.flops import peak_by_name
 
 GiB = 1 << 30
 
@@ -27,13 +30,13 @@ class Chip:
 
 
 CHIPS: dict[str, Chip] = {
-    "tpu_v4": Chip("tpu_v4", 32 * GiB, 275e12, 4, "tpu"),
-    "tpu_v5e": Chip("tpu_v5e", 16 * GiB, 197e12, 4, "tpu"),
-    "tpu_v5p": Chip("tpu_v5p", 95 * GiB, 459e12, 4, "tpu"),
-    "tpu_v6e": Chip("tpu_v6e", 32 * GiB, 918e12, 4, "tpu"),
-    "h100": Chip("h100", 80 * GiB, 989e12, 8, "gpu"),
-    "h200": Chip("h200", 141 * GiB, 989e12, 8, "gpu"),
-    "a100": Chip("a100", 80 * GiB, 312e12, 8, "gpu"),
+    "tpu_v4": Chip("tpu_v4", 32 * GiB, peak_by_name("TPU v4"), 4, "tpu"),
+    "tpu_v5e": Chip("tpu_v5e", 16 * GiB, peak_by_name("TPU v5e"), 4, "tpu"),
+    "tpu_v5p": Chip("tpu_v5p", 95 * GiB, peak_by_name("TPU v5p"), 4, "tpu"),
+    "tpu_v6e": Chip("tpu_v6e", 32 * GiB, peak_by_name("TPU v6e"), 4, "tpu"),
+    "h100": Chip("h100", 80 * GiB, peak_by_name("H100 SXM"), 8, "gpu"),
+    "h200": Chip("h200", 141 * GiB, peak_by_name("H200 SXM"), 8, "gpu"),
+    "a100": Chip("a100", 80 * GiB, peak_by_name("A100"), 8, "gpu"),
     "cpu": Chip("cpu", 8 * GiB, 1e12, 8, "cpu"),
 }
 

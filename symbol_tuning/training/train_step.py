@@ -20,7 +20,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from symbol_tuning.models.base import BaseModel
 from symbol_tuning.training.losses import (
+    LOSS_IMPLS,
     LossNormalizer,
+    chunked_cross_entropy_sums,
     normalizing_factor,
     token_accuracy_counts,
     weighted_cross_entropy_sums,
@@ -37,17 +39,29 @@ class StepOptions:
     """What a train or eval step computes besides the model's loss: `num_microbatches` accumulated by
     `lax.scan` (gradients equal the single-batch ones), T5X's `z_loss` and `label_smoothing`, the
     `loss_normalizing_factor` (losses.normalizing_factor: None, a number or "num_real_target_tokens")
-    and whether the train step applies `dropout`."""
+    and whether the train step applies `dropout`.
+
+    Speed options (same results): `loss_impl` "reference" (float32 logits, losses.weighted_cross_entropy_sums)
+    or "chunked" (logits in the compute dtype, losses.chunked_cross_entropy_sums over `loss_vocab_chunk`
+    vocabulary entries at a time, with a custom gradient); `grad_norm` False leaves the (unclipped) gradient
+    norm out of the metrics, a full pass over the gradients saved when nothing else needs it."""
 
     num_microbatches: int = 1
     z_loss: float = 0.0
     label_smoothing: float = 0.0
     loss_normalizing_factor: LossNormalizer = None
     dropout: bool = True
+    loss_impl: str = "reference"
+    loss_vocab_chunk: int = 8192
+    grad_norm: bool = True
 
     def __post_init__(self):
         if not isinstance(self.num_microbatches, int) or self.num_microbatches < 1:
             raise ValueError(f"num_microbatches={self.num_microbatches!r} must be an integer >= 1")
+        if self.loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"loss_impl={self.loss_impl!r} not in {LOSS_IMPLS}")
+        if not isinstance(self.loss_vocab_chunk, int) or self.loss_vocab_chunk < 1:
+            raise ValueError(f"loss_vocab_chunk={self.loss_vocab_chunk!r} must be an integer >= 1")
 
 
 def _default_batch_shardings(mesh: Mesh) -> NamedSharding:
@@ -65,10 +79,16 @@ def _row_shards(batch_shardings: Any, mesh: Mesh) -> int:
 
 
 def _loss_pieces(model: BaseModel, params: Any, batch: Mapping[str, jax.Array], dropout_rng: jax.Array | None, *,
-                 z_loss: float, label_smoothing: float) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+                 z_loss: float, label_smoothing: float, loss_impl: str = "reference",
+                 loss_vocab_chunk: int = 8192) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     """Summed (un-normalised) loss of a batch and its (z_loss sum, weight sum, correct-token count)."""
-    logits = model.compute_logits(params, batch, dropout_rng=dropout_rng)
     targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    if loss_impl == "chunked":
+        logits = model.compute_logits(params, batch, dropout_rng=dropout_rng, float32_logits=False)
+        loss_sum, z_sum, weight_sum, correct = chunked_cross_entropy_sums(
+            logits, targets, weights, z_loss=z_loss, label_smoothing=label_smoothing, vocab_chunk=loss_vocab_chunk)
+        return loss_sum, (z_sum, weight_sum, correct)
+    logits = model.compute_logits(params, batch, dropout_rng=dropout_rng)
     loss_sum, z_sum, weight_sum = weighted_cross_entropy_sums(logits, targets, weights, z_loss=z_loss,
                                                               label_smoothing=label_smoothing)
     correct, _ = token_accuracy_counts(logits, targets, weights)
@@ -93,7 +113,7 @@ def _metrics(loss_sum, z_sum, weight_sum, correct, factor, grad_norm, learning_r
     z = z_sum / factor
     metrics = {"loss": loss, "z_loss": z, "cross_entropy": loss - z,
                "accuracy": correct / jnp.maximum(weight_sum, 1e-8), "num_target_tokens": weight_sum,
-               "grad_norm": grad_norm}
+               **({} if grad_norm is None else {"grad_norm": grad_norm})}
     if learning_rate is not None:
         metrics["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
     return metrics
@@ -111,12 +131,13 @@ def make_train_step(*, model: BaseModel, optimizer: optax.GradientTransformation
     feature (or a dict per feature; None = rows over ("data", "fsdp")). `learning_rate_fn` (the
     optimizer's schedule or float) is only logged, as `metrics["learning_rate"]` of the step being taken
     (absent when None). Metrics: loss, z_loss, cross_entropy, accuracy, num_target_tokens, grad_norm
-    (before clipping), learning_rate.
+    (before clipping; absent with options.grad_norm False), learning_rate.
     """
     validate_rules(rules, mesh)
     lr_fn = None if learning_rate_fn is None else as_schedule(learning_rate_fn)
     batch_shardings = _default_batch_shardings(mesh) if batch_shardings is None else batch_shardings
-    pieces = functools.partial(_loss_pieces, model, z_loss=options.z_loss, label_smoothing=options.label_smoothing)
+    pieces = functools.partial(_loss_pieces, model, z_loss=options.z_loss, label_smoothing=options.label_smoothing,
+                               loss_impl=options.loss_impl, loss_vocab_chunk=options.loss_vocab_chunk)
     num_microbatches = options.num_microbatches
 
     def step_fn(state: TrainState, batch: Mapping[str, jax.Array]):
@@ -148,7 +169,7 @@ def make_train_step(*, model: BaseModel, optimizer: optax.GradientTransformation
                      (jnp.float32(0), jnp.float32(0), jnp.float32(0)))
             (grads, loss_sum, (z_sum, weight_sum, correct)), _ = jax.lax.scan(
                 body, zeros, (mbs, jnp.arange(num_microbatches)))
-        grad_norm = optax.tree.norm(grads)
+        grad_norm = optax.tree.norm(grads) if options.grad_norm else None
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = _metrics(loss_sum, z_sum, weight_sum, correct, factor, grad_norm,
@@ -173,14 +194,13 @@ def make_eval_step(*, model: BaseModel, state_shardings: TrainState, batch_shard
     without dropout or update (`options.num_microbatches` and `options.dropout` do not apply)."""
     validate_rules(rules, mesh)
     batch_shardings = _default_batch_shardings(mesh) if batch_shardings is None else batch_shardings
-    pieces = functools.partial(_loss_pieces, model, z_loss=options.z_loss, label_smoothing=options.label_smoothing)
+    pieces = functools.partial(_loss_pieces, model, z_loss=options.z_loss, label_smoothing=options.label_smoothing,
+                               loss_impl=options.loss_impl, loss_vocab_chunk=options.loss_vocab_chunk)
 
     def eval_fn(state: TrainState, batch: Mapping[str, jax.Array]):
         factor = normalizing_factor(batch["decoder_loss_weights"], options.loss_normalizing_factor)
         loss_sum, (z_sum, weight_sum, correct) = pieces(state.params, batch, None)
-        metrics = _metrics(loss_sum, z_sum, weight_sum, correct, factor, None, None)
-        del metrics["grad_norm"]
-        return metrics
+        return _metrics(loss_sum, z_sum, weight_sum, correct, factor, None, None)
 
     jitted = jax.jit(eval_fn, in_shardings=(state_shardings, batch_shardings), out_shardings=replicated(mesh))
 

@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from symbol_tuning.models.base import BaseModel
+from symbol_tuning.training import flops
 from symbol_tuning.training import metrics as metrics_lib
 from symbol_tuning.training.checkpoints import Checkpointer
 from symbol_tuning.training.partitioning import Rules, batch_sharding, make_global_batch
@@ -156,23 +157,6 @@ def _jax_preemption_service() -> bool:
     return jax_distributed.global_state.preemption_sync_manager is not None
 
 
-def estimate_flops_per_token(model: BaseModel, num_params: int, sequence_length: int) -> float:
-    """Training matmul FLOPs per token from the model config (PaLM appendix B); 6 N when the config does
-    not expose d_model / num_layers / vocab_size."""
-    config = getattr(model, "config", None)
-    d_model = getattr(config, "d_model", None)
-    vocab = getattr(config, "vocab_size", None)
-    layers = getattr(config, "num_layers", None) or (
-        (getattr(config, "num_encoder_layers", 0) or 0) + (getattr(config, "num_decoder_layers", 0) or 0))
-    if not (d_model and vocab and layers):
-        return 6.0 * num_params
-    tied = getattr(config, "tie_word_embeddings", False)
-    embedding = vocab * d_model * (1 if tied else 2)
-    return metrics_lib.train_flops_per_token(num_params=num_params, num_embedding_params=min(embedding, num_params),
-                                             num_layers=layers, d_model=d_model, sequence_length=sequence_length,
-                                             vocab_size=vocab)
-
-
 def _check_batch(batch: Mapping[str, np.ndarray], local_shapes: Mapping[str, tuple[int, ...]], step: int) -> None:
     """ValueError naming the feature whose shape differs from what the state was built for."""
     missing = sorted(set(local_shapes) - set(batch))
@@ -249,9 +233,8 @@ def train(*, model: BaseModel, model_dir: str, train_stream: ResumableStream, op
                                       options=step_options, learning_rate_fn=learning_rate_fn)
         flops_per_token = options.flops_per_token
         if flops_per_token is None:
-            num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
-            length = max(s[1] for s in input_shapes.values() if len(s) > 1)
-            flops_per_token = estimate_flops_per_token(model, num_params, length)
+            flops_per_token = flops.estimate_flops_per_token(getattr(model, "config", None), state.params,
+                                                             input_shapes)
         loop = _Loop(checkpointer=checkpointer, writer=writer, stream=train_stream, step_fn=step_fn, mesh=mesh,
                      local_shapes=local_shapes, input_shapes=input_shapes, log_every=options.log_every,
                      checkpoint_every=options.checkpoint_every, eval_fn=eval_fn, eval_every=options.eval_every,
@@ -302,7 +285,7 @@ class _Loop:
         self.flops_per_token = flops_per_token
         self.tokens_per_step = sum(int(np.prod(s)) for n, s in input_shapes.items()
                                    if n in ("encoder_input_tokens", "decoder_input_tokens"))
-        self.peak = metrics_lib.peak_flops_per_device()
+        self.peak = flops.peak_flops_per_device()
         self.pending: list[tuple[int, Mapping[str, jax.Array]]] = []
         self.last_metrics: dict[str, float] = {}
         self.last_saved = last_saved
