@@ -85,6 +85,21 @@ def test_activation_estimate_matches_the_documented_formula_by_hand():
     assert got == int(saved + attn + mlp + backward + logits)
 
 
+def test_attention_context_remat_policies_add_the_context_to_full_and_minimal_by_hand():
+    b, length, tp = 2, 96 + 32, 2
+    s, heads, hd = 2, 4, 16
+    context = b * length * heads * hd / tp * s
+
+    def estimate(policy: str) -> int:
+        cfg = DecoderConfig.preset("tiny", dtype="bfloat16", remat_policy=policy)
+        return plan_lib.activation_bytes(config=cfg, family="decoder_only", rows=b,
+                                         feature_lengths={"inputs": 96, "targets": 32}, tensor=tp)
+
+    layers = DecoderConfig.preset("tiny").num_layers
+    assert estimate("attention") == int(estimate("full") + layers * context)
+    assert estimate("minimal_attention") == int(estimate("minimal") + layers * context)
+
+
 def test_gpu_estimate_counts_cudnn_bias_instead_of_float32_scores_by_hand():
     cfg = DecoderConfig.preset("tiny", dtype="bfloat16")
     b, length = 2, 96 + 32

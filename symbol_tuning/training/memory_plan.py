@@ -13,7 +13,9 @@ Shapes come from `jax.eval_shape` and layouts from the run's logical axis rules 
   b*T*(2d + 2A/tp)*s + b*S*(2K/tp)*s + b*(H/tp)*T*S*(4 + s) bytes (norm in/out, q, context, k, v,
   float32 scores and probabilities) and an MLP sublayer b*T*(2d + 3f/tp)*s. A layer "saves" all of
   that with remat "none"; with "minimal" only the weight-matmul outputs b*T*(2d + A/tp + 2f/tp)*s +
-  b*S*(2K/tp)*s ("dots" adds the scores b*(H/tp)*T*S*s); with "full" only its input b*T*d*s. With
+  b*S*(2K/tp)*s ("dots" adds the scores b*(H/tp)*T*S*s; "minimal_attention" adds each attention
+  sublayer's context b*T*(A/tp)*s); with "full" only its input b*T*d*s ("attention": that input plus
+  each attention sublayer's context b*T*(A/tp)*s). With
   remat, one layer's full set is live again while it is recomputed. The logits add
   3 * b*Lt*(vocab/tp)*4 (float32 logits, softmax, gradient).
   Encoder layers: T = S = inputs; decoder layers: self T = S = targets plus cross-attention T = targets,
@@ -137,19 +139,24 @@ def activation_bytes(*, config: Any, family: str, rows: int, feature_lengths: Ma
 
     def attn(t: int, src: int, saved: str) -> float:
         kv = b * src * 2 * k * s
-        if saved in ("minimal", "dots"):  # weight-matmul outputs; "dots" also keeps XLA's score matmuls
+        if saved in ("minimal", "dots", "minimal_attention"):
+            # weight-matmul outputs; "dots" also keeps XLA's score matmuls, "minimal_attention" the context
             scores = b * h * t * src * s if saved == "dots" and not fused(t, src) else 0
-            return b * t * (d + a) * s + kv + scores
+            context = b * t * a * s if saved == "minimal_attention" else 0
+            return b * t * (d + a) * s + kv + scores + context
         # cuDNN keeps its bias and log-sum-exp; XLA keeps float32 scores and the probabilities
         kept = b * (bias_heads * t * src * s + h * t * 4) if fused(t, src) else b * h * t * src * (4 + s)
         return b * t * (2 * d + 2 * a) * s + kv + kept
 
     def mlp(t: int, saved: str) -> float:
-        return b * t * (d + 2 * ff) * s if saved in ("minimal", "dots") else b * t * (2 * d + 3 * ff) * s
+        minimal = saved in ("minimal", "dots", "minimal_attention")
+        return b * t * (d + 2 * ff) * s if minimal else b * t * (2 * d + 3 * ff) * s
 
     def layer(t: int, cross_src: int | None, saved: str) -> float:
         if saved == "full":
             return b * t * d * s
+        if saved == "attention":  # the layer input plus each attention sublayer's context
+            return b * t * d * s + b * t * a * s * (2 if cross_src else 1)
         return attn(t, t, saved) + mlp(t, saved) + (attn(t, cross_src, saved) if cross_src else 0.0)
 
     def score_grads(t: int, src: int) -> float:
