@@ -55,7 +55,7 @@ def test_train_cli_on_local_real_data_from_an_imported_hf_t5_checkpoint(shared_d
     cmd = [sys.executable, "-m", "symbol_tuning.train", "--gin_file=models/tiny_t5.gin",
            "--gin_file=runs/tiny_cpu.gin", f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=2",
            "--gin.INPUT_LENGTH=1024", "--gin.TARGET_LENGTH=16", "--gin.BATCH_SIZE=4",
-           f"--gin.INIT_CHECKPOINT='{hf_dir}'",
+           f"--gin.INITIAL_CHECKPOINT_PATH='{hf_dir}'",
            "--gin.MIXTURE_OR_TASK_NAME=@data.local_symbol_mixture()",
            f"--gin_bindings=data.local_symbol_mixture.data_root = '{shared_data}'",
            "--gin_bindings=data.local_symbol_mixture.datasets = ['sst2', 'cola']",

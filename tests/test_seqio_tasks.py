@@ -60,8 +60,8 @@ def test_importing_tasks_reads_no_data_and_is_fast():
 
 def test_seqio_task_yields_our_tokens_for_the_same_seed_and_index(bridge):
     seqio, sb = bridge
-    name = f"symbol_tuning:gen/{generated.TUNING_FAMILIES[0].name}"
-    task = seqio.get_mixture_or_task(sb.seqio_name(name))
+    name = f"symbol_tuning:gen.{generated.TUNING_FAMILIES[0].name}"
+    task = seqio.get_mixture_or_task(name)
     ds = task.get_dataset(sequence_length=LENGTHS, split="train", shuffle=False, seed=5)
     for i, ex in enumerate(ds.take(4).as_numpy_iterator()):
         inputs, targets = _ours(name, i, 5)
@@ -83,7 +83,7 @@ def test_seqio_embedded_mixture_draws_each_task_in_our_index_order(bridge):
     seqio, _ = bridge
     mix = seqio.get_mixture_or_task("embedded_symbol_16")
     ds = mix.get_dataset(sequence_length=LENGTHS, split="train", shuffle=False, seed=0)
-    symbol_names = [f"symbol_tuning:gen/{f.name}" for f in generated.TUNING_FAMILIES]
+    symbol_names = [f"symbol_tuning:gen.{f.name}" for f in generated.TUNING_FAMILIES]
     counters = dict.fromkeys(symbol_names + ["instructions:gen"], 0)
     expected = {n: _ours(n, 0, 0) for n in counters}
     for ex in ds.take(12).as_numpy_iterator():
@@ -98,9 +98,9 @@ def test_seqio_embedded_mixture_draws_each_task_in_our_index_order(bridge):
 def test_seqio_eval_task_has_one_row_per_option_and_rank_accuracy_scores_them(bridge):
     seqio, sb = bridge
     fam = next(f for f in generated.EVAL_FAMILIES if len(f.label_names) == 2)
-    name = f"eval:gen/{fam.name}:instr_labels"
+    name = f"eval:gen.{fam.name}:instr_labels"
     ours = TaskRegistry.get(name).example(0, 0)
-    task = seqio.get_mixture_or_task(sb.seqio_name(name))
+    task = seqio.get_mixture_or_task(name)
     rows = list(task.get_dataset(sequence_length=LENGTHS, split="validation", shuffle=False).take(2)
                 .as_numpy_iterator())
     assert [r["targets_pretokenized"].decode() for r in rows] == list(ours["options"])
