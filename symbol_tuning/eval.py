@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_config", default=None, help="native-style config.json the checkpoint must match")
     p.add_argument("--output_dir", default="eval_results")
     p.add_argument("--label", default=None, help="model name in tables (default: checkpoint dir name)")
+    gin_utils.add_verbose_flag(p)
     return p
 
 
@@ -135,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.checkpoint is None:
         parser.error("--checkpoint is required (a flag, or evaluate.flags.checkpoint / CHECKPOINT in a gin file)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from symbol_tuning.training.console import quiet_libraries
+
+    quiet_libraries(args.verbose)
     try:
         run(args)
     except (ValueError, KeyError, FileNotFoundError, CheckpointMismatchError) as e:

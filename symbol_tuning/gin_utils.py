@@ -169,6 +169,11 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> None:
                              "folder is always appended)")
 
 
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """--verbose: keep Orbax's and absl's INFO logs (off by default: dozens of lines per checkpoint)."""
+    parser.add_argument("--verbose", action="store_true", help="show Orbax's and absl's INFO logs")
+
+
 def split_macro_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """(other args, bindings): each `--gin.MACRO=value` or `--gin.MACRO value` becomes 'MACRO = value'."""
     rest: list[str] = []

@@ -262,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data_root", default=None, help="override the spec's data_root")
     parser.add_argument("--k_per_class", default=None, help="override: comma-separated k values")
     parser.add_argument("--settings", default=None, help="override: comma-separated settings")
+    gin_utils.add_verbose_flag(parser)
     try:
         args = gin_utils.parse_args_with_gin(parser, list(sys.argv[1:] if argv is None else argv), flags)
     except gin_utils.GinConfigError as e:
@@ -270,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, flag) is None:
             parser.error(f"--{flag} is required (a flag, or sweep.flags.{flag} in a gin file)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from symbol_tuning.training.console import quiet_libraries
+
+    quiet_libraries(args.verbose)
     try:
         spec = load_spec(args.config)
         if args.data_root:

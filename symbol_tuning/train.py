@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = gin_utils.FlagParser(prog="symbol-tuning train", description=__doc__.split("\n\n")[0],
                                   allow_abbrev=False)
     gin_utils.add_gin_flags(parser)
+    gin_utils.add_verbose_flag(parser)
     parser.add_argument("--multiprocess_gpu", action="store_true",
                         help="start JAX's multi-process runtime (GPU clusters; TPU pods are auto-detected)")
     parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
@@ -204,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(rest)
     if unknown:
         parser.error(f"unrecognized flags: {' '.join(unknown)}")
+    from symbol_tuning.training.console import quiet_libraries
+
+    quiet_libraries(args.verbose)
     if args.multiprocess_gpu or args.coordinator_address or args.num_processes or args.process_id is not None:
         partitioning.initialize_distributed(coordinator_address=args.coordinator_address,
                                             num_processes=args.num_processes, process_id=args.process_id)
