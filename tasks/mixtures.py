@@ -6,6 +6,7 @@ from symbol_tuning.data import specs
 from symbol_tuning.data.task_builders import register_mixture
 from symbol_tuning.data.task_registry import MixtureRegistry
 
+from . import tuning  # noqa: F401 -- the paper's tuning tasks first, so the grid uses them (and their sources)
 from .instructions import FLAN_TASK
 
 SYMBOL_RATES = (0, 16, 33, 50, 66, 83, 100)

@@ -199,7 +199,11 @@ def evaluate(model: BaseModel, params: Any, suite: EvalSuite, *, vocabulary, opt
     work = [(d, s) for d in suite.datasets for s in options.settings if s != FLIPPED or d.is_binary]
     records = evaluate_classification(model, params, work, vocabulary=vocabulary, options=options, mesh=mesh)
     records += evaluate_generative(model, params, suite.generative, vocabulary=vocabulary, options=options, mesh=mesh)
-    return EvalResult(records=records, summary=summarize(records))
+    summary = summarize(records)
+    samples = {d.name: d.sample for d in suite.datasets if d.sample is not None}
+    if samples:
+        summary["query_samples"] = samples  # how --max_queries drew each dataset's queries
+    return EvalResult(records=records, summary=summary)
 
 
 def flat_metrics(summary: Mapping[str, Any], prefix: str = "eval") -> dict[str, float]:
