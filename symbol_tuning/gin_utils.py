@@ -29,6 +29,7 @@ import difflib
 import io
 import os
 import pathlib
+import re
 import sys
 import tokenize
 from typing import Any, Callable, Mapping, Sequence
@@ -88,19 +89,46 @@ def _where(error: BaseException, top_file: str | None) -> str:
         return f"{location.filename}, line {location.line_num}"
     if isinstance(error, SyntaxError) and error.filename:
         return f"{error.filename}, line {error.lineno}"
-    for path in reversed(_OPENED):
-        try:
-            with open(path, encoding="utf-8") as f:
-                list(tokenize.generate_tokens(io.StringIO(f.read()).readline))
-        except tokenize.TokenError as e:
-            return f"{path}, line {e.args[1][0] if len(e.args) > 1 else '?'}"
-        except (OSError, SyntaxError):
-            continue
+    if _at_eof(error):  # the tokenizer's error: find the (included) file that ends inside a bracket
+        for path in reversed(_OPENED):
+            found = _unclosed_bracket(path)
+            if found is not None:
+                return f"{path}, line {found[1]} (this {found[0]!r} is never closed)"
+    named = re.search(r'In file "([^"]+)", line (\d+)', str(error))  # gin's note on binding errors
+    if named:
+        return f"{named.group(1)}, line {named.group(2)}"
     return str(top_file) if top_file else "binding"
 
 
+def _at_eof(error: BaseException) -> bool:
+    return isinstance(error, tokenize.TokenError) or "EOF in multi-line" in str(error)
+
+
+def _unclosed_bracket(path: str) -> tuple[str, int] | None:
+    """(bracket, line) of the bracket left open when Python's tokenizer hits the end of `path`, else None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return None
+    stack: list[tuple[str, int]] = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.OP and tok.string in "([{":
+                stack.append((tok.string, tok.start[0]))
+            elif tok.type == tokenize.OP and tok.string in ")]}" and stack:
+                stack.pop()
+    except tokenize.TokenError as e:
+        return stack[0] if stack else ("", e.args[1][0] if len(e.args) > 1 else 0)
+    except SyntaxError:
+        return None
+    return None
+
+
 def _message(error: BaseException) -> str:
-    text = str(error.args[0]) if isinstance(error, (SyntaxError, tokenize.TokenError)) and error.args else str(error)
+    if _at_eof(error):
+        return "the file ends inside an unclosed bracket"
+    text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
