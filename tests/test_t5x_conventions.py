@@ -8,7 +8,6 @@ import pathlib
 import re
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -18,24 +17,20 @@ from symbol_tuning import gin_utils, train
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--gin_file=models/tiny_t5.gin", "--gin_file=runs/tiny_cpu.gin"]
 
-USER_TASKS = textwrap.dedent("""
-    import seqio
-    import tensorflow as tf
+def _readme_blocks():
+    """The README's SeqIO example: my_tasks.py, my_tasks.gin, the shell commands and the console sample."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    part = text.split("<!-- readme-seqio", 1)[1]
+    python, rest = part.split("```python\n", 1)[1].split("```\n", 1)
+    gin_text = rest.split("```\n", 1)[1].split("```", 1)[0]
+    after = part.split("import my_tasks\n```\n\n", 1)[1].split("\n\n", 1)[0]
+    commands = [c.strip() for c in after.replace("\\\n", " ").splitlines()]
+    console = text.split("<!-- readme-console -->\n```\n", 1)[1].split("```", 1)[0].splitlines()
+    return python, gin_text, commands, console
 
-    import symbol_tuning.tasks  # noqa: F401
-    from symbol_tuning.data import seqio_bridge  # noqa: F401  (our tasks, under the same names, in SeqIO)
 
-    vocab = seqio.ByteVocabulary()
-    seqio.TaskRegistry.add(
-        "my_qa",
-        source=seqio.FunctionDataSource(
-            lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
-                {"inputs": [f"question {i}" for i in range(10)], "targets": [f"answer {i}" for i in range(10)]}),
-            splits=("train",)),
-        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
-        output_features={"inputs": seqio.Feature(vocab), "targets": seqio.Feature(vocab)})
-    seqio.MixtureRegistry.add("my_mix", [("embedded_symbol_100", 3.0), ("my_qa", 1.0)])
-""")
+def _shape(line):
+    return re.sub(r"\d+(\.\d+)?(e[+-]\d+)?", "N", line)
 
 
 def _env(*paths):
@@ -45,21 +40,20 @@ def _env(*paths):
     return env
 
 
-def test_plain_seqio_mixture_trains_through_symbol_tuning_train_with_a_quiet_console(tmp_path):
-    (tmp_path / "my_tasks.py").write_text(USER_TASKS)
-    (tmp_path / "my_tasks.gin").write_text("# symbol-tuning train ... --gin_file=my_tasks.gin\nimport my_tasks\n")
-    model_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "symbol_tuning.cli", "train", *TINY, f"--gin_file={tmp_path / 'my_tasks.gin'}",
-           "--gin.MIXTURE_OR_TASK_NAME='my_mix'", f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=4",
-           "--gin.BATCH_SIZE=8", "--gin.TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 16}",
-           "--gin.LOG_EVERY=2", "--gin.CHECKPOINT_EVERY=2"]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=_env(tmp_path), timeout=600)
+def test_readme_plain_seqio_mixture_trains_through_symbol_tuning_train_with_a_quiet_console(tmp_path):
+    python, gin_text, commands, console = _readme_blocks()
+    (tmp_path / "my_tasks.py").write_text(python)
+    (tmp_path / "my_tasks.gin").write_text(gin_text)
+    model_dir = tmp_path / "my_mix"
+    train_cmd, inspect_cmd = (c.replace("/tmp/my_mix", str(model_dir)) for c in commands)
+    env = _env()
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env["PATH"]])
+    out = subprocess.run(["bash", "-c", train_cmd], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
-    assert lines[0] == "training to step 4, from step 0"
-    assert lines[1].startswith("step 1: compiled and ran in ")
+    assert [_shape(x) for x in lines] == [_shape(x) for x in console]  # the README's sample, number for number
     assert [line.split(" | ")[0] for line in lines[2:4]] == ["step 2/4", "step 4/4"]
-    assert "done at step 4" in lines[-1]
     assert "INFO:absl" not in out.stderr and "orbax" not in out.stderr.lower()  # quiet by default
     # the mixture's leaves, ours and the user's SeqIO task, are what the stream drew from
     (host_state,) = json.loads((model_dir / "4" / "data" / "metadata").read_text())["hosts"]
@@ -73,6 +67,8 @@ def test_plain_seqio_mixture_trains_through_symbol_tuning_train_with_a_quiet_con
     assert {"train/loss", "train/accuracy", "timing/tokens_per_second", "timing/compile_time_s",
             "perf/tflops_per_device"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4]
+    shown = subprocess.run(["bash", "-c", inspect_cmd], capture_output=True, text=True, env=env, timeout=300)
+    assert shown.returncode == 0 and "train/loss" in shown.stdout and "perf/tflops_per_device" in shown.stdout
 
 
 def test_t5x_macros_reach_the_run(tmp_path, tiny_t5_checkpoint):
