@@ -13,14 +13,15 @@ from symbol_tuning.data.prompts import SETTINGS
 from symbol_tuning.data.task_builders import eval_task
 from symbol_tuning.data.task_registry import TaskRegistry, register_eval_data
 
-from . import local
+from .local import load as load_local_or_hub
 
 SOURCE = "hf"
 FLIPPED_SETTING = "labels_only"
 
 
 def _load(name: str, split: str):
-    data = local.load(name, split, source=SOURCE, max_examples=specs.EVAL_MAX_EXAMPLES if split == "eval" else None)
+    cap = specs.EVAL_MAX_EXAMPLES if split == "eval" else None
+    data = load_local_or_hub(name, split, source=SOURCE, max_examples=cap)
     if split == "eval":
         register_eval_data(data)
     return data

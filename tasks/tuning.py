@@ -12,13 +12,13 @@ from symbol_tuning.data import specs
 from symbol_tuning.data.task_builders import symbol_task
 from symbol_tuning.data.task_registry import TaskRegistry
 
-from . import local
+from .local import load as load_local_or_hub
 
 SOURCE = "hf"
 
 
 def _load(name: str, split: str = "train"):
-    return local.load(name, split, source=SOURCE, max_examples=specs.TUNING_MAX_EXAMPLES)
+    return load_local_or_hub(name, split, source=SOURCE, max_examples=specs.TUNING_MAX_EXAMPLES)
 
 
 def task_names() -> list[str]:
