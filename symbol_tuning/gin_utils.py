@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import io
+import logging
 import os
 import pathlib
 import re
@@ -54,10 +55,14 @@ def _package_path_exists(path: str) -> bool:
     """gin's package-resource existence check, made total: a folder such as ./runs (the demo's default
     output) is importable as a namespace package without a file origin, and gin's own check then raises
     TypeError for `include 'runs/symbol_tune.gin'` instead of moving on to the search paths."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)  # gin logs "ERROR Path not found" for every include found on a search path
     try:
         return gin.resource_reader.system_path_file_exists(path)
     except (TypeError, ValueError, ImportError):
         return False
+    finally:
+        logging.disable(previous)
 
 
 _OPENED: list[str] = []  # gin files opened while parsing, includes too (to place errors without a location)

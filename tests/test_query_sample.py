@@ -38,3 +38,19 @@ def test_paper_suite_max_queries_on_subj_is_balanced_where_the_first_rows_are_on
     assert collections.Counter(ex.label for ex in subj.queries.examples) == {0: 5, 1: 5}
     assert subj.sample["per_class"] == {name: 5 for name in subj.queries.label_names}
     assert {ex.text for ex in subj.queries.examples} <= {ex.text for ex in full.examples}
+
+
+def test_eval_cli_max_queries_scores_a_balanced_sample_and_records_it(tiny_t5_checkpoint, shared_data, tmp_path):
+    import json
+
+    from symbol_tuning import eval as eval_cli
+    out = tmp_path / "out"
+    rc = eval_cli.main([f"--checkpoint={tiny_t5_checkpoint}", "--suite=paper", f"--data_root={shared_data}",
+                        "--datasets=subj", "--settings=neither", "--max_queries=6", "--k_per_class=1",
+                        "--max_input_length=1024", "--min_prompt_bucket=1024", f"--output_dir={out}"])
+    assert rc == 0
+    summary = json.loads((out / "final" / "summary.json").read_text())
+    sample = summary["query_samples"]["subj"]
+    assert sorted(sample["per_class"].values()) == [3, 3] and sample["seed"] == 0 and sample["drawn"] == 6
+    records = [json.loads(x) for x in (out / "final" / "records.jsonl").read_text().splitlines() if x.strip()]
+    assert len(records) == 6 and sorted(collections.Counter(r["answer"] for r in records).values()) == [3, 3]
