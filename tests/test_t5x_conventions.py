@@ -147,3 +147,25 @@ def test_orbax_info_chatter_is_off_by_default_and_verbose_brings_it_back(tmp_pat
     finally:
         quiet_libraries(verbose=False)
     assert not quiet and len(verbose) >= 5
+
+
+def test_window_metrics_are_means_and_throughput_excludes_untimed_steps_with_mfu_where_peak_known():
+    from symbol_tuning.training.console import Throughput, format_line, window_metrics
+    steps = [{"loss": 4.0, "accuracy": 0.1, "learning_rate": 1e-3, "num_target_tokens": 100.0},
+             {"loss": 2.0, "accuracy": 0.3, "learning_rate": 3e-3, "num_target_tokens": 300.0}]
+    tp = Throughput(tokens_per_step=1000, flops_per_token=6e9, num_devices=4, peak_flops_per_device=1e15)
+    out = window_metrics(steps, timed_steps=2, seconds=4.0, step=10, total_steps=30, throughput=tp)
+    assert out["train/loss"] == 3.0 and out["train/accuracy"] == pytest.approx(0.2)
+    assert out["train/learning_rate"] == pytest.approx(2e-3)
+    assert out["timing/step_time_s"] == 2.0 and out["timing/tokens_per_second"] == 500.0
+    assert out["timing/eta_s"] == 40.0 and out["timing/target_tokens_per_second"] == 100.0
+    assert out["perf/tflops_per_device"] == pytest.approx(500 * 6e9 / 4 / 1e12)
+    assert out["perf/mfu"] == pytest.approx(500 * 6e9 / 4 / 1e15)
+    line = format_line(10, 30, out)
+    assert line == ("step 10/30 | loss 3.0000 | acc 0.200 | lr 2.0e-03 | 500 tok/s | 0.75 TFLOP/s/dev | MFU 0.1% "
+                    "| 2 s/step | ETA 0:00:40")
+    only_compile = window_metrics(steps[:1], timed_steps=0, seconds=9.0, step=1, total_steps=30, throughput=tp)
+    assert not any(k.startswith(("timing/", "perf/")) for k in only_compile)
+    no_peak = window_metrics(steps, timed_steps=2, seconds=4.0, step=10, total_steps=30,
+                             throughput=Throughput(1000, 6e9, 4, None))
+    assert "perf/mfu" not in no_peak and "MFU" not in format_line(10, 30, no_peak)
