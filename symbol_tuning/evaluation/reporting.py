@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+import textwrap
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
@@ -229,7 +230,7 @@ def plot_setting_bars(rows: Sequence[Mapping[str, Any]], path: str, *, title: st
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("accuracy (%)")
     rows_below = _figure_legend(fig, axes[0])
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 11)))  # ~11 title chars per inch
     _save(fig, path, plt, legend_rows=rows_below)
 
 
@@ -259,7 +260,7 @@ def plot_accuracy_vs_step(rows: Sequence[Mapping[str, Any]], path: str, *, title
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (%)")
     rows_below = _figure_legend(fig, axes[0])
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 11)))  # ~11 title chars per inch
     _save(fig, path, plt, legend_rows=rows_below)
 
 
@@ -275,7 +276,8 @@ def _figure_legend(fig, axes) -> int:
             if n not in names:
                 handles.append(h)
                 names.append(n)
-    ncol = max(1, min(len(names), 3 * len(axes)))
+    longest = max((len(n) for n in names), default=1)
+    ncol = max(1, min(len(names), int(fig.get_figwidth() * 13 // (longest + 6))))  # ~13 small chars per inch
     fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize="small", frameon=False)
     return -(-len(names) // ncol)
 
