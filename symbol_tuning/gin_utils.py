@@ -132,7 +132,7 @@ def _unclosed_bracket(path: str) -> tuple[str, int] | None:
 
 def _message(error: BaseException) -> str:
     if _at_eof(error):
-        return "the file ends inside an unclosed bracket"
+        return "the text ends inside an unclosed bracket"
     text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
