@@ -13,6 +13,7 @@ CORE = [
     "sentencepiece>=0.2",
     "wordfreq>=3.1",
     "tensorboardX>=2.6",
+    "tensorboard>=2.18",  # so `tensorboard --logdir MODEL_DIR` shows the event files tensorboardX writes
     "tqdm>=4.66",
     "matplotlib>=3.8",
 ]

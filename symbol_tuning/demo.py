@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> str:
     reporting.write_csv(os.path.join(run_dir, "results.csv"), rows)
     reporting.write_jsonl(os.path.join(run_dir, "results.jsonl"), rows)
     reporting.plot_setting_bars(averages, os.path.join(run_dir, "accuracy_by_setting.png"),
-                                title="Held-out generated families: instruction-tuned vs symbol-tuned")
+                                title=f"Average accuracy over {len(suite.datasets)} held-out generated families "
+                                      "per prompt setting: instruction-tuned vs symbol-tuned")
     wall = time.time() - t0
     text = (f"# symbol-tuning demo\n\n{label}; held-out generated families: {len(suite.datasets)}; "
             f"chance {100 * chance:.1f}%; wall time {wall / 60:.1f} min\n\n"

@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", default="eval_results")
     p.add_argument("--label", default=None, help="model name in tables (default: checkpoint dir name)")
     distributed.add_flags(p)
+    gin_utils.add_verbose_flag(p)
     return p
 
 
@@ -149,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.checkpoint is None:
         parser.error("--checkpoint is required (a flag, or evaluate.flags.checkpoint / CHECKPOINT in a gin file)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from symbol_tuning.training.console import quiet_libraries
+
+    quiet_libraries(args.verbose)
     try:
         distributed.start(args)
     except ValueError as e:

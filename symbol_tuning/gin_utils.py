@@ -4,19 +4,50 @@ Flags: `--gin_file` (repeatable), `--gin_bindings` (repeatable), `--gin.MACRO=va
 the binding `MACRO = value`) and `--gin_search_paths` (comma-separated folders searched for relative gin
 file names and includes; the package's own gin_configs folder is always searched last). Parsing always
 finalises the config, so a macro left at `%gin.REQUIRED` is an error naming it, not a sentinel passed on.
+
+Errors are GinConfigError (the commands exit 2): a parse error names the file and line (also a syntax
+error at the end of a file, such as an unclosed bracket), and a `--gin.NAME=` macro that no loaded file or
+binding references names the closest macro that is referenced (a typo would otherwise train with the
+default silently).
+
+T5X's macro names, as our run configs use them (runs/*.gin):
+- MIXTURE_OR_TASK_NAME, MODEL_DIR, BATCH_SIZE (global rows per step): as in T5X.
+- TASK_FEATURE_LENGTHS: {'inputs': n, 'targets': m}, as in T5X; by default built from INPUT_LENGTH and
+  TARGET_LENGTH, so either form works (prompts are built to fit the inputs length).
+- INITIAL_CHECKPOINT_PATH: the weights to start from, an HF checkpoint directory or one of ours (not a
+  T5X checkpoint); only the parameters are read, the optimizer starts fresh.
+- TRAIN_STEPS: the number of updates the run makes in MODEL_DIR, counted from 0 -- unlike T5X, whose
+  TRAIN_STEPS is a total that includes the initial checkpoint's steps (T5X fine-tuning from a 1M-step
+  checkpoint sets 1_000_000 + N; here N). Resuming from MODEL_DIR's own checkpoints continues the count,
+  so a restarted run stops at the same step.
+- USE_CACHED_TASKS, MIXTURE_OR_TASK_MODULE: refused with what to do instead (T5X_EQUIVALENTS).
 """
 from __future__ import annotations
 
 import argparse
+import difflib
+import io
+import logging
 import os
 import pathlib
+import re
 import sys
+import tokenize
 from typing import Any, Callable, Mapping, Sequence
 
 import gin
 import gin.resource_reader
 
 GIN_MACRO_PREFIX = "--gin."
+# T5X macro names our configs do not use, with what to use instead.
+T5X_EQUIVALENTS = {
+    "USE_CACHED_TASKS": "symbol_tuning has no SeqIO cache: prompts are built on the fly from the registry "
+                        "(nothing to cache), so drop the flag",
+    "MIXTURE_OR_TASK_MODULE": "import the module that registers your tasks with an `import my_tasks` line in a "
+                              "gin file (gin imports it before binding)",
+    "EVAL_PERIOD": "train.eval_every (with train.eval_fn)",
+    "INIT_CHECKPOINT": "INITIAL_CHECKPOINT_PATH",
+}
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 
 
@@ -24,16 +55,121 @@ def _package_path_exists(path: str) -> bool:
     """gin's package-resource existence check, made total: a folder such as ./runs (the demo's default
     output) is importable as a namespace package without a file origin, and gin's own check then raises
     TypeError for `include 'runs/symbol_tune.gin'` instead of moving on to the search paths."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)  # gin logs "ERROR Path not found" for every include found on a search path
     try:
         return gin.resource_reader.system_path_file_exists(path)
     except (TypeError, ValueError, ImportError):
         return False
+    finally:
+        logging.disable(previous)
+
+
+_OPENED: list[str] = []  # gin files opened while parsing, includes too (to place errors without a location)
+
+
+def _recording(read: Callable) -> Callable:
+    if getattr(read, "_records", False):
+        return read
+
+    def recording_read(path, *args, **kwargs):
+        _OPENED.append(str(path))
+        return read(path, *args, **kwargs)
+    recording_read._records = True
+    return recording_read
 
 
 def _install_safe_package_reader() -> None:
     readers = gin.config._FILE_READERS  # noqa: SLF001 -- gin exposes no way to replace a registered reader
-    readers[:] = [(read, _package_path_exists if exists is gin.resource_reader.system_path_file_exists else exists)
+    readers[:] = [(_recording(read),
+                   _package_path_exists if exists is gin.resource_reader.system_path_file_exists else exists)
                   for read, exists in readers]
+
+
+def _where(error: BaseException, top_file: str | None) -> str:
+    """'FILE, line N' for a gin parse error: gin's own location when it has one, else the (included) file
+    Python's tokenizer also fails on (gin tokenizes with it; e.g. an unclosed bracket at the end)."""
+    location = next((a for a in getattr(error, "args", ())[1:2] if hasattr(a, "line_num")), None)
+    if location is not None:
+        return f"{location.filename}, line {location.line_num}"
+    if isinstance(error, SyntaxError) and error.filename:
+        return f"{error.filename}, line {error.lineno}"
+    if _at_eof(error):  # the tokenizer's error: find the (included) file that ends inside a bracket
+        for path in reversed(_OPENED):
+            found = _unclosed_bracket(path)
+            if found is not None:
+                return f"{path}, line {found[1]} (this {found[0]!r} is never closed)"
+    named = re.search(r'In file "([^"]+)", line (\d+)', str(error))  # gin's note on binding errors
+    if named:
+        return f"{named.group(1)}, line {named.group(2)}"
+    return str(top_file) if top_file else "binding"
+
+
+def _at_eof(error: BaseException) -> bool:
+    return isinstance(error, tokenize.TokenError) or "EOF in multi-line" in str(error)
+
+
+def _unclosed_bracket(path: str) -> tuple[str, int] | None:
+    """(bracket, line) of the bracket left open when Python's tokenizer hits the end of `path`, else None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return None
+    stack: list[tuple[str, int]] = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.OP and tok.string in "([{":
+                stack.append((tok.string, tok.start[0]))
+            elif tok.type == tokenize.OP and tok.string in ")]}" and stack:
+                stack.pop()
+    except tokenize.TokenError as e:
+        return stack[0] if stack else ("", e.args[1][0] if len(e.args) > 1 else 0)
+    except SyntaxError:
+        return None
+    return None
+
+
+def _message(error: BaseException) -> str:
+    if _at_eof(error):
+        return "the text ends inside an unclosed bracket"
+    text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def _macro_refs(value: Any, out: set[str]) -> None:
+    if isinstance(value, gin.config.ConfigurableReference):
+        if value.configurable.name == "macro":
+            out.update(value.scopes[-1:])
+        return
+    if isinstance(value, Mapping):
+        for v in value.values():
+            _macro_refs(v, out)
+    elif isinstance(value, (list, tuple, set)):
+        for v in value:
+            _macro_refs(v, out)
+
+
+def referenced_macros() -> set[str]:
+    """Macro names some binding of the parsed config refers to (%NAME), includes and macros of macros too."""
+    out: set[str] = set()
+    for params in gin.config._CONFIG.values():  # noqa: SLF001 -- gin has no public view of the bindings
+        for value in params.values():
+            _macro_refs(value, out)
+    return out
+
+
+def check_macro_flags(names: Sequence[str]) -> None:
+    """GinConfigError for a `--gin.NAME=` macro nothing parsed refers to, naming the closest referenced one."""
+    known = referenced_macros()
+    for name in names:
+        if name in known:
+            continue
+        hint = T5X_EQUIVALENTS.get(name)
+        if hint is None:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.4)
+            hint = f"did you mean {close[0]}?" if close else f"the configs use: {', '.join(sorted(known)) or 'none'}"
+        raise GinConfigError(f"--gin.{name}: no loaded gin file or binding uses macro {name} ({hint})")
 
 
 class GinConfigError(ValueError):
@@ -64,6 +200,11 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gin_search_paths", default="", metavar="DIRS",
                         help="comma-separated folders searched for gin files (the package's gin_configs "
                              "folder is always appended)")
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """--verbose: keep Orbax's and absl's INFO logs (off by default: dozens of lines per checkpoint)."""
+    parser.add_argument("--verbose", action="store_true", help="show Orbax's and absl's INFO logs")
 
 
 def split_macro_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -103,10 +244,12 @@ def _resolve_file(name: str, search_paths: Sequence[str]) -> str:
 
 
 def parse_gin(*, gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = (),
-              search_paths: Sequence[str] | str = (), finalize: bool = True) -> list[str]:
+              search_paths: Sequence[str] | str = (), finalize: bool = True,
+              macro_flags: Sequence[str] = ()) -> list[str]:
     """Clear gin, then parse files and bindings (bindings win) and finalise; returns the search paths used.
 
-    Errors name the file or binding at fault; a macro still %gin.REQUIRED fails here, naming it.
+    Errors name the file (and line) or binding at fault; a macro still %gin.REQUIRED fails here, naming it;
+    each name in `macro_flags` (the command line's --gin.NAME macros) must be referenced by the config.
     """
     if isinstance(search_paths, str):
         search_paths = [p for p in search_paths.split(",") if p]
@@ -121,15 +264,19 @@ def parse_gin(*, gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()
         gin.add_config_file_search_path(p)
     files = [_resolve_file(f, paths) for f in gin_files]
     for path in files:
+        _OPENED.clear()
         try:
             gin.parse_config_file(path)
-        except (ValueError, SyntaxError, KeyError, ImportError, IOError) as e:
+        except ImportError as e:  # an `import` line: name the module, which the user must make importable
             raise GinConfigError(f"gin file {path}: {e}") from e
+        except (ValueError, SyntaxError, KeyError, IOError, tokenize.TokenError, TypeError) as e:
+            raise GinConfigError(f"gin file {_where(e, path)}: {_message(e)}") from e
     for binding in gin_bindings:
         try:
             gin.parse_config(binding)
-        except (ValueError, SyntaxError, KeyError, ImportError) as e:
-            raise GinConfigError(f"gin binding {binding!r}: {e}") from e
+        except (ValueError, SyntaxError, KeyError, ImportError, tokenize.TokenError, TypeError) as e:
+            raise GinConfigError(f"gin binding {binding!r}: {_message(e)}") from e
+    check_macro_flags(macro_flags)
     if finalize:
         try:
             gin.finalize()  # fails naming any macro still %gin.REQUIRED
@@ -142,7 +289,14 @@ def parse_gin_flags(args: argparse.Namespace, macro_bindings: Sequence[str] = ()
                     finalize: bool = True) -> list[str]:
     """parse_gin from flags added by add_gin_flags plus bindings split off by split_macro_flags."""
     return parse_gin(gin_files=args.gin_file, gin_bindings=list(args.gin_bindings) + list(macro_bindings),
-                     search_paths=args.gin_search_paths, finalize=finalize)
+                     search_paths=args.gin_search_paths, finalize=finalize, macro_flags=macro_names(macro_bindings))
+
+
+def macro_names(macro_bindings: Sequence[str]) -> list[str]:
+    """The macro names among split_macro_flags' bindings ('NAME = v'; dotted parameter bindings are not
+    macros: gin itself refuses an unknown configurable)."""
+    names = [b.partition(" = ")[0].strip() for b in macro_bindings]
+    return [n for n in names if "." not in n and "/" not in n]
 
 
 def parse_args_with_gin(parser: argparse.ArgumentParser, argv: Sequence[str],

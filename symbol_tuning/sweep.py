@@ -16,8 +16,8 @@ or whose checkpoint or inputs changed, so a sweep killed mid-way finishes exactl
 last line is moved aside and its cell rerun). A damaged checkpoint's cells are skipped with a message
 and the sweep exits 1 after the others. A checkpoint is loaded once for all its missing
 cells. At the end: results.csv, table.md (rows: models; columns: settings; cells "baseline -> tuned
-(+change)" at the last step of the tuned run, one table per k), settings.png (grouped bars) and, for a
-tuned run with several steps, accuracy_vs_step_<model>.png. Only process 0 writes.
+(+change)" at the last step of the tuned run, one table per k), settings.png (grouped bars, one panel per k)
+and, for a tuned run with several steps, accuracy_vs_step_<model>.png (one panel per k). Only process 0 writes.
 """
 from __future__ import annotations
 
@@ -254,17 +254,18 @@ def write_reports(records: Sequence[Mapping[str, Any]], output_dir: str) -> None
                     last = max((r["step"] for r in mine), key=_step_order)
                     final += [r for r in mine if r["step"] == last]
         tables.append(f"## k = {k} exemplars per class\n\n" + reporting.table1_markdown(final, settings=settings))
-        bars = final
+        bars += final
     reporting._atomic_write(os.path.join(output_dir, "table.md"), "\n".join(tables))
-    reporting.plot_setting_bars(bars, os.path.join(output_dir, "settings.png"))
+    reporting.plot_setting_bars(bars, os.path.join(output_dir, "settings.png"), panel_key="k_per_class",
+                                title="Average accuracy over the sweep's datasets per prompt setting "
+                                      "(tuned models at their last evaluated step)")
     for model in dict.fromkeys(r["model"] for r in records):
-        k = max(r["k_per_class"] for r in records)
-        stepped = [r for r in records if r["model"] == model and r["variant"] == "tuned" and r["k_per_class"] == k
-                   and r["step"] is not None]
+        stepped = [r for r in records if r["model"] == model and r["variant"] == "tuned" and r["step"] is not None]
         if len({r["step"] for r in stepped}) >= 2:
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
             reporting.plot_accuracy_vs_step(stepped, os.path.join(output_dir, f"accuracy_vs_step_{safe}.png"),
-                                            title=f"{model}: accuracy vs step")
+                                            panel_key="k_per_class",
+                                            title=f"{model} (symbol-tuned): average accuracy vs training step")
 
 
 @gin.configurable(module="sweep")
@@ -289,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from symbol_tuning.training import distributed
 
     distributed.add_flags(parser)
+    gin_utils.add_verbose_flag(parser)
     try:
         args = gin_utils.parse_args_with_gin(parser, list(sys.argv[1:] if argv is None else argv), flags)
     except gin_utils.GinConfigError as e:
@@ -297,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, flag) is None:
             parser.error(f"--{flag} is required (a flag, or sweep.flags.{flag} in a gin file)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from symbol_tuning.training.console import quiet_libraries
+
+    quiet_libraries(args.verbose)
     try:
         distributed.start(args)
     except ValueError as e:

@@ -60,10 +60,21 @@ def build_model(*, family: str = gin.REQUIRED, preset: str | None = None,
 @gin.configurable(module="data")
 def make_batch_stream(*, name: str, vocabulary: str, feature_lengths: Mapping[str, int], batch_size: int,
                       model_family: str, pack: bool, seed: int, shard_index: int, num_shards: int) -> Any:
-    """This host's resumable stream of numpy batches for a registered task or mixture (pipeline.BatchStream)."""
+    """This host's resumable stream of numpy batches for a registered task or mixture (pipeline.BatchStream).
+
+    `name` may also be any name in SeqIO's registries (a mixture added with plain seqio.MixtureRegistry.add
+    over our tasks, or a SeqIO task with inputs/targets), when the module registering it has been imported
+    (e.g. an `import my_tasks` line in a gin file): seqio_bridge.adopt makes it one of ours, same stream.
+    """
     import symbol_tuning.tasks  # noqa: F401 -- registers the embedded default mixtures
     from symbol_tuning.data.pipeline import BatchStream
+    from symbol_tuning.data.task_registry import is_registered
     from symbol_tuning.data.vocabularies import get_vocabulary
+
+    if not is_registered(name) and "seqio" in sys.modules:  # only a SeqIO user's name can be in SeqIO
+        from symbol_tuning.data import seqio_bridge
+
+        seqio_bridge.adopt(name)
 
     return BatchStream(name, vocabulary=get_vocabulary(vocabulary), feature_lengths=dict(feature_lengths),
                        batch_size=batch_size, model_family=model_family, pack=pack, seed=seed,
@@ -247,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   allow_abbrev=False)
     gin_utils.add_gin_flags(parser)
     distributed.add_flags(parser)
+    gin_utils.add_verbose_flag(parser)
     return parser
 
 
@@ -261,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(rest)
     if unknown:
         parser.error(f"unrecognized flags: {' '.join(unknown)}")
+    from symbol_tuning.training.console import quiet_libraries
+
+    quiet_libraries(args.verbose)
     try:
         distributed.start(args)
     except ValueError as e:

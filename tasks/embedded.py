@@ -1,9 +1,9 @@
 """The embedded default tasks: generated data only, so the demo and tests run offline.
 
-- "symbol_tuning:gen/<family>": symbol-tuning prompts over each generated tuning family;
+- "symbol_tuning:gen.<family>": symbol-tuning prompts over each generated tuning family;
 - "instructions:gen": the generated instruction data;
-- "eval:gen/<family>:<setting>" for each held-out family and prompts.SETTINGS, plus
-  "eval:gen/<family>:flipped" (labels-only prompts with flipped labels) for binary families;
+- "eval:gen.<family>:<setting>" for each held-out family and prompts.SETTINGS, plus
+  "eval:gen.<family>:flipped" (labels-only prompts with flipped labels) for binary families;
 - "embedded_symbol_<rate>": symbol data at <rate>% of the stream, instructions the rest.
 
 Data are generated on first use, not at import.
@@ -20,6 +20,7 @@ from symbol_tuning.data.task_registry import MixtureRegistry, TaskRegistry, regi
 SYMBOL_RATES = (0, 16, 33, 50, 66, 83, 100)
 TUNING_EXAMPLES = 1000
 EVAL_EXAMPLES = 100
+VALIDATION_EXAMPLES = 100
 EXEMPLAR_EXAMPLES = 200
 INSTRUCTION_EXAMPLES = 2000
 INSTRUCTION_TASK = "instructions:gen"
@@ -28,6 +29,11 @@ FLIPPED_SETTING = "labels_only"
 
 def _tuning_data(family: str):
     return generated.generated_classification(family, split="train", num_examples=TUNING_EXAMPLES)
+
+
+def _validation_data(family: str):
+    # The family's held-out texts (its "eval" split), never the texts it tunes on.
+    return generated.generated_classification(family, split="eval", num_examples=VALIDATION_EXAMPLES)
 
 
 def _eval_data(family: str):
@@ -41,15 +47,15 @@ def _exemplar_data(family: str):
 
 
 def symbol_task_names() -> list[str]:
-    return [f"symbol_tuning:gen/{f.name}" for f in generated.TUNING_FAMILIES]
+    return [f"symbol_tuning:gen.{f.name}" for f in generated.TUNING_FAMILIES]
 
 
 def eval_task_names() -> list[str]:
     names = []
     for fam in generated.EVAL_FAMILIES:
-        names += [f"eval:gen/{fam.name}:{s}" for s in SETTINGS]
+        names += [f"eval:gen.{fam.name}:{s}" for s in SETTINGS]
         if len(fam.label_names) == 2:
-            names.append(f"eval:gen/{fam.name}:flipped")
+            names.append(f"eval:gen.{fam.name}:flipped")
     return names
 
 
@@ -58,17 +64,19 @@ def register() -> None:
     if INSTRUCTION_TASK in TaskRegistry.names():
         return
     for fam in generated.TUNING_FAMILIES:
-        TaskRegistry.add(symbol_task(f"symbol_tuning:gen/{fam.name}", functools.partial(_tuning_data, fam.name),
-                                     num_examples=TUNING_EXAMPLES, check_eval=False))
+        TaskRegistry.add(symbol_task(f"symbol_tuning:gen.{fam.name}", functools.partial(_tuning_data, fam.name),
+                                     num_examples=TUNING_EXAMPLES, check_eval=False,
+                                     validation_loader=functools.partial(_validation_data, fam.name),
+                                     origin=f"generated family {fam.name!r}"))
     TaskRegistry.add(instruction_task(INSTRUCTION_TASK, functools.partial(
         generated.generated_instruction_data, num_examples=INSTRUCTION_EXAMPLES), num_examples=INSTRUCTION_EXAMPLES))
     for fam in generated.EVAL_FAMILIES:
         query, exemplars = functools.partial(_eval_data, fam.name), functools.partial(_exemplar_data, fam.name)
         for setting in SETTINGS:
-            TaskRegistry.add(eval_task(f"eval:gen/{fam.name}:{setting}", query, exemplars, setting=setting,
+            TaskRegistry.add(eval_task(f"eval:gen.{fam.name}:{setting}", query, exemplars, setting=setting,
                                        num_examples=EVAL_EXAMPLES))
         if len(fam.label_names) == 2:
-            TaskRegistry.add(eval_task(f"eval:gen/{fam.name}:flipped", query, exemplars, setting=FLIPPED_SETTING,
+            TaskRegistry.add(eval_task(f"eval:gen.{fam.name}:flipped", query, exemplars, setting=FLIPPED_SETTING,
                                        flipped=True, num_examples=EVAL_EXAMPLES))
     symbols = symbol_task_names()
     for rate in SYMBOL_RATES:

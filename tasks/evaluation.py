@@ -2,7 +2,7 @@
 "eval:<dataset>:<setting>" and "eval:<dataset>:flipped" (labels-only prompts, labels flipped).
 
 Queries come from the "eval" split (at most 100), exemplars from the "train" split; both load on
-first use via `data.sources.hub.load_classification` from `SOURCE`.
+first use from `SOURCE` on the hub, or from local files after `tasks.local.use_local_files(data_root)`.
 """
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ from symbol_tuning.data.prompts import SETTINGS
 from symbol_tuning.data.task_builders import eval_task
 from symbol_tuning.data.task_registry import TaskRegistry, register_eval_data
 
+from .local import load as load_local_or_hub
+
 SOURCE = "hf"
 FLIPPED_SETTING = "labels_only"
 
 
 def _load(name: str, split: str):
-    from symbol_tuning.data.sources.hub import load_classification
-    data = load_classification(name, split, source=SOURCE,
-                               max_examples=specs.EVAL_MAX_EXAMPLES if split == "eval" else None)
+    cap = specs.EVAL_MAX_EXAMPLES if split == "eval" else None
+    data = load_local_or_hub(name, split, source=SOURCE, max_examples=cap)
     if split == "eval":
         register_eval_data(data)
     return data

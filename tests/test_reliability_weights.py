@@ -1,5 +1,5 @@
 """Reliability of weight files: a truncated or header-damaged safetensors file, an index naming a .bin shard,
-and integer tensors where float weights belong fail on every load path (import-hf, INIT_CHECKPOINT, eval of a
+and integer tensors where float weights belong fail on every load path (import-hf, INITIAL_CHECKPOINT_PATH, eval of a
 native dir) with an error naming the file (and the tensor) and what is wrong, and nothing is written."""
 import json
 import os
@@ -105,7 +105,7 @@ def test_eval_and_init_checkpoint_of_a_damaged_native_dir_name_the_file(native_d
     with pytest.raises(DamagedFileError, match=message) as info:
         checkpoint_loading.load_for_eval(str(native))
     assert str(native / PARAMS_NAME) in str(info.value)
-    with pytest.raises(DamagedFileError, match=message):  # the INIT_CHECKPOINT path of the train command
+    with pytest.raises(DamagedFileError, match=message):  # the INITIAL_CHECKPOINT_PATH path of the train command
         train.load_init_params(str(native))
     out = tmp_path / "eval"
     argv = [f"--checkpoint={native}", "--suite=embedded", "--datasets=product_review", "--settings=neither",

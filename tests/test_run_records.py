@@ -1,5 +1,5 @@
 """The run record train writes into MODEL_DIR (config.gin, model_config.json) and what reads it: eval,
-export-hf --checkpoint=<model_dir> --step=N, and INIT_CHECKPOINT from an Orbax training dir onto another
+export-hf --checkpoint=<model_dir> --step=N, and INITIAL_CHECKPOINT_PATH from an Orbax training dir onto another
 mesh; the host-count rules of resuming (data shards re-derived, or refused naming the warm start)."""
 import json
 
@@ -84,7 +84,7 @@ def test_input_positions_regroup_for_any_host_count_dividing_the_shards():
     assert data_shards.regroup(saved, 0, 1, source="d") == {
         "kind": "data_shards", "num_shards": 4, "shards": {str(i): {"p": i} for i in range(4)}}
     assert data_shards.regroup(saved, 3, 4, source="d")["shards"] == {"3": {"p": 3}}
-    with pytest.raises(ValueError, match=r"4 data shards, which 3 hosts cannot split.*INIT_CHECKPOINT=\"'d'\""):
+    with pytest.raises(ValueError, match=r"4 data shards, which 3 hosts cannot split.*INITIAL_CHECKPOINT_PATH=\"'d'\""):
         data_shards.regroup(saved, 0, 3, source="d")
-    with pytest.raises(ValueError, match=r"per-host input positions.*INIT_CHECKPOINT"):
+    with pytest.raises(ValueError, match=r"per-host input positions.*INITIAL_CHECKPOINT_PATH"):
         data_shards.regroup([{"position": 3}, {"position": 4}], 0, 1, source="d")

@@ -110,26 +110,55 @@ def test_metrics_files_loss_decreases_and_eval_hook_runs(tmp_path):
     assert calls == [10, 20, 30]
 
     rows = [json.loads(line) for line in (tmp_path / "metrics_train.jsonl").read_text().splitlines()]
-    train_rows = [r for r in rows if "loss" in r]
+    train_rows = [r for r in rows if "train/loss" in r]
     assert [r["step"] for r in train_rows] == list(range(1, 31))
-    for key in ("loss", "accuracy", "learning_rate", "grad_norm", "tokens_per_second", "step_time_s"):
+    for key in ("train/loss", "train/accuracy", "train/learning_rate", "train/grad_norm"):
         assert all(math.isfinite(r[key]) for r in train_rows), key
-    assert train_rows[0]["learning_rate"] == pytest.approx(3e-3)
-    assert train_rows[-1]["tokens_per_second"] > 0
+    # step 1 compiles: its time is logged once as timing/compile_time_s and never as throughput
+    assert [r["step"] for r in rows if "timing/compile_time_s" in r] == [1]
+    assert "timing/tokens_per_second" not in train_rows[0]
+    for key in ("timing/tokens_per_second", "timing/step_time_s", "timing/eta_s", "perf/tflops_per_device"):
+        assert all(math.isfinite(r[key]) and r[key] >= 0 for r in train_rows[1:]), key
+    assert train_rows[-1]["timing/eta_s"] == 0 and train_rows[0]["train/learning_rate"] == pytest.approx(3e-3)
+    assert all("perf/mfu" not in r for r in rows)  # no peak FLOP/s is known for a CPU
     assert [r["step"] for r in rows if "eval/param_rms" in r] == [10, 20, 30]
     # a uniform guess over 384 ids costs ln(384) = 5.95 nats; the copy task is learnable
-    assert train_rows[0]["loss"] == pytest.approx(math.log(384), abs=0.5)
-    first, last = np.mean([r["loss"] for r in train_rows[:5]]), np.mean([r["loss"] for r in train_rows[-5:]])
-    assert last < 0.85 * first
+    assert train_rows[0]["train/loss"] == pytest.approx(math.log(384), abs=0.5)
+    losses = [r["train/loss"] for r in train_rows]
+    assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5])
 
     (event_file,) = list((tmp_path / "train").glob("events.out.tfevents.*"))
     tags = {}
     for event in _tfrecords(event_file):
         for value in event.summary.value:
             tags.setdefault(value.tag, []).append((event.step, value.simple_value))
-    for key in ("loss", "accuracy", "learning_rate", "grad_norm", "tokens_per_second"):
+    for key in ("train/loss", "train/accuracy", "train/learning_rate", "train/grad_norm"):
         assert [s for s, _ in tags[key]] == list(range(1, 31)), key
-    assert tags["loss"][-1][1] == pytest.approx(train_rows[-1]["loss"], rel=1e-6)
+    assert [s for s, _ in tags["timing/tokens_per_second"]] == list(range(2, 31))
+    assert tags["train/loss"][-1][1] == pytest.approx(train_rows[-1]["train/loss"], rel=1e-6)
+
+
+def test_logged_loss_is_the_window_mean_of_the_per_step_losses(tmp_path, capsys):
+    _train(tmp_path / "every", CopyStream(), steps=10, log_every=1)
+    capsys.readouterr()
+    _train(tmp_path / "window", CopyStream(), steps=10, log_every=5)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+
+    def rows(d):
+        return [json.loads(x) for x in (d / "metrics_train.jsonl").read_text().splitlines()]
+    per_step = {r["step"]: r for r in rows(tmp_path / "every") if "train/loss" in r}
+    windows = {r["step"]: r for r in rows(tmp_path / "window") if "train/loss" in r}
+    assert sorted(windows) == [5, 10]
+    for end in (5, 10):
+        for key in ("train/loss", "train/accuracy", "train/grad_norm"):
+            expected = np.mean([per_step[s][key] for s in range(end - 4, end + 1)])
+            assert windows[end][key] == pytest.approx(expected, rel=1e-5), (end, key)
+    # one console line per window: step, loss, accuracy, lr, throughput, step time and ETA
+    assert lines[0].startswith("step 1: compiled and ran in ")
+    assert [line.split(" | ")[0] for line in lines[1:]] == ["step 5/10", "step 10/10"]
+    for line in lines[1:]:
+        for part in ("loss ", "acc ", "lr ", " tok/s", " TFLOP/s/dev", " s/step", "ETA "):
+            assert part in line, (part, line)
 
 
 def test_bad_batch_shape_names_feature_and_step(tmp_path):

@@ -14,6 +14,7 @@ from symbol_tuning.data.task_registry import (
     PromptTask,
     TaskRegistry,
     registered_eval_data,
+    registry_name,
 )
 
 # Symbol-tuning prompts leave room for EOS (and BOS for decoder-only vocabularies) in a 2048 row.
@@ -36,9 +37,18 @@ def _limits(budget: PromptBudget | None, default_max: int) -> dict[str, Any]:
 
 
 def symbol_task(name: str, loader: Callable[[], ClassificationData], *, num_examples: int | None = None,
-                max_input_length: int = DEFAULT_MAX_INPUT_LENGTH, check_eval: bool = True) -> PromptTask:
-    """A symbol-tuning task over the data `loader` returns (called once, on first use)."""
+                max_input_length: int = DEFAULT_MAX_INPUT_LENGTH, check_eval: bool = True,
+                validation_loader: Callable[[], ClassificationData] | None = None,
+                origin: str | None = None) -> PromptTask:
+    """A symbol-tuning task over the data `loader` returns (called once, on first use); with
+    `validation_loader`, the same prompts over the source's validation split form `task.validation`.
+    `origin` says where the data come from (shown when another registration clashes with the name)."""
     from symbol_tuning.data.prompts import build_tuning_prompt
+
+    validation = None
+    if validation_loader is not None:
+        validation = symbol_task(name, validation_loader, max_input_length=max_input_length,
+                                 check_eval=check_eval, origin=origin)
 
     @functools.lru_cache(maxsize=1)
     def data() -> ClassificationData:
@@ -51,7 +61,8 @@ def symbol_task(name: str, loader: Callable[[], ClassificationData], *, num_exam
     def fn(index: int, seed: int, budget: PromptBudget | None = None) -> dict:
         return _prompt_dict(build_tuning_prompt(data(), seed=seed, index=index, **_limits(budget, max_input_length)))
 
-    return PromptTask(name, num_examples, fn, "symbol", size_fn=lambda: len(data().examples))
+    return PromptTask(name, num_examples, fn, "symbol", size_fn=lambda: len(data().examples),
+                      metadata={"origin": origin} if origin else {}, validation=validation)
 
 
 def eval_task(name: str, query_loader: Callable[[], ClassificationData],
@@ -100,10 +111,12 @@ def register_mixture(name: str, *, datasets: Sequence[str | ClassificationData],
     instruction task so that symbol data is `symbol_rate` of the stream.
 
     Dataset names are tuning specs loaded lazily with `sources.hub.load_classification(split,
-    source)`; ClassificationData is used as is. Evaluation datasets are refused by name and, for
-    in-memory data, by text overlap with registered evaluation data. The mixture also appears in
-    SeqIO once `symbol_tuning.data.seqio_bridge` is imported (it mirrors our registry); `to_seqio=True`
-    imports it now (TensorFlow import: seconds).
+    source)`; ClassificationData is used as is. Each dataset becomes task "symbol_tuning:<name>" (characters
+    SeqIO refuses in <name>, such as "/", become "."); in-memory data whose task name is taken (a user's own
+    "trec" vs the paper's hub-backed task) is refused naming both, unless `overwrite=True` replaces it.
+    Evaluation datasets are refused by name and, for in-memory data, by text overlap with registered
+    evaluation data. The mixture also appears in SeqIO once `symbol_tuning.data.seqio_bridge` is
+    imported (it mirrors our registry); `to_seqio=True` imports it now (TensorFlow import: seconds).
     """
     from symbol_tuning.data.decontamination import assert_tuning_names_allowed, check_no_overlap
 
@@ -117,22 +130,29 @@ def register_mixture(name: str, *, datasets: Sequence[str | ClassificationData],
         TaskRegistry.get(instruction_task)
     if not overwrite and name in MixtureRegistry.names():
         raise ValueError(f"mixture {name!r} is already registered (pass overwrite=True to replace it)")
+    planned = [(d, f"symbol_tuning:{registry_name(d if isinstance(d, str) else d.name)}") for d in datasets]
+    for d, task_name in planned:
+        if isinstance(d, ClassificationData) and task_name in TaskRegistry.names() and not overwrite:
+            raise ValueError(
+                f"mixture {name!r}: in-memory dataset {d.name!r} ({len(d.examples)} examples) would be task "
+                f"{task_name!r}, but that name is already a {TaskRegistry.get(task_name).kind} task over "
+                f"{TaskRegistry.get(task_name).metadata.get('origin', 'data registered earlier')}; rename the data "
+                "or pass overwrite=True to replace that task")
     names = [d if isinstance(d, str) else d.name for d in datasets]
     assert_tuning_names_allowed(names)
     in_memory = [d for d in datasets if isinstance(d, ClassificationData)]
     if in_memory:
         check_no_overlap(in_memory, registered_eval_data())
     entries: list[tuple[str, float]] = []
-    for d in datasets:
-        task_name = f"symbol_tuning:{d if isinstance(d, str) else d.name}"
-        if task_name not in TaskRegistry.names():
-            if isinstance(d, str):
+    for d, task_name in planned:
+        if isinstance(d, str):
+            if task_name not in TaskRegistry.names():
                 TaskRegistry.add(symbol_task(task_name, functools.partial(_load_spec, d, split, source),
-                                             max_input_length=max_input_length))
-            else:
-                TaskRegistry.add(symbol_task(task_name, functools.partial(lambda x: x, d),
-                                             num_examples=len(d.examples), max_input_length=max_input_length,
-                                             check_eval=False))
+                                             max_input_length=max_input_length, origin=f"{source} dataset {d!r}"))
+        else:
+            TaskRegistry.add(symbol_task(task_name, functools.partial(lambda x: x, d), num_examples=len(d.examples),
+                                         max_input_length=max_input_length, check_eval=False,
+                                         origin=f"in-memory data {d.name!r}"), overwrite=overwrite)
         if symbol_rate > 0:
             entries.append((task_name, symbol_rate / len(datasets)))
     if instruction_task is not None and symbol_rate < 1:

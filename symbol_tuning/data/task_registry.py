@@ -4,18 +4,43 @@ A task maps (index, seed) to one example dict {"inputs", "targets", "options", "
 "index"}; it never reads data until first used, so registering the paper's tasks costs nothing.
 A mixture lists (task or mixture name, rate); rates are sampling probabilities after
 normalisation. The tasks and mixtures themselves are built in task_builders. No TensorFlow here: the
-SeqIO bridge listens to this registry (`add_listener`) and mirrors what is registered.
+SeqIO bridge listens to this registry (`add_listener`) and mirrors what is registered under the same name,
+so names must be valid SeqIO names (letters, digits, "_", ".", ":", "#"; see `check_name`).
+
+Why two registries at all: this one is TensorFlow-free (models/ and training/ import without TF, and
+`symbol-tuning train` on our names starts in about a second instead of importing TF), and its tasks take a
+prompt budget, which our deterministic O(1)-resumable batch stream needs. SeqIO's registry is the one a
+user adds to: importing `symbol_tuning.data.seqio_bridge` puts every name of ours there, and `train`
+accepts any name registered in SeqIO (seqio_bridge.adopt), so a user needs to learn only SeqIO's API.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import threading
 from typing import Callable, Sequence
 
 from symbol_tuning.data.examples import ClassificationData
 
 KINDS = ("symbol", "instruction", "eval")
+# SeqIO's task-name rule (seqio.dataset_providers), so every name of ours is usable unchanged in SeqIO.
+_VALID_NAME = re.compile(r"^[\w.:#]+$")
+
+
+def check_name(name: str) -> str:
+    """`name` if SeqIO accepts it as a task or mixture name, else ValueError naming the bad characters."""
+    if not isinstance(name, str) or not _VALID_NAME.match(name):
+        bad = sorted(set(re.sub(r"[\w.:#]", "", str(name)))) or ["(empty)"]
+        raise ValueError(f"task or mixture name {name!r}: SeqIO allows only letters, digits, '_', '.', ':' and "
+                         f"'#' (bad: {' '.join(bad)}); use registry_name() for dataset names")
+    return name
+
+
+def registry_name(text: str) -> str:
+    """A dataset name made into a valid task-name part: each character SeqIO refuses ("/", "-", ...) becomes
+    "." (the one renaming between a dataset's name and its task's name, e.g. gen/x -> symbol_tuning:gen.x)."""
+    return re.sub(r"[^\w.:#]", ".", text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +64,8 @@ class PromptTask:
 
     `num_examples` is one epoch's length (None: unbounded or not known before loading; then
     `size_fn`, if given, loads and tells). Tasks accept any index >= 0 and wrap it themselves.
+    `validation` is the same task over the source's validation split, where the source has one (SeqIO's
+    "validation" split of the bridged task); evaluation tasks are themselves evaluation data.
     """
 
     name: str
@@ -47,8 +74,10 @@ class PromptTask:
     kind: str = "symbol"
     size_fn: Callable[[], int] | None = dataclasses.field(default=None, repr=False, compare=False)
     metadata: dict = dataclasses.field(default_factory=dict, compare=False)
+    validation: "PromptTask | None" = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
+        check_name(self.name)
         if self.kind not in KINDS:
             raise ValueError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.num_examples is not None and self.num_examples <= 0:
@@ -77,6 +106,7 @@ class Mixture:
     entries: tuple[tuple[str, float], ...]
 
     def __post_init__(self):
+        check_name(self.name)
         if not self.entries:
             raise ValueError(f"mixture {self.name!r} lists no tasks")
         for task, rate in self.entries:
@@ -102,13 +132,36 @@ class Mixture:
 _TASKS: dict[str, PromptTask] = {}
 _MIXTURES: dict[str, Mixture] = {}
 _LISTENERS: list[Callable[[PromptTask | Mixture], None]] = []
+_CHECKS: list[Callable[[str, bool], None]] = []
 _EVAL_DATA: dict[str, ClassificationData] = {}
 _LOCK = threading.Lock()
 
 
-def add_listener(fn: Callable[[PromptTask | Mixture], None]) -> None:
-    """Call `fn` for every task and mixture registered from now on (the SeqIO bridge uses this)."""
+def add_listener(fn: Callable[[PromptTask | Mixture], None], check: Callable[[str, bool], None] | None = None
+                 ) -> None:
+    """Call `fn` for every task and mixture registered from now on, and `check(name, overwrite)` before each
+    registration (it raises to refuse one; the SeqIO bridge uses both)."""
     _LISTENERS.append(fn)
+    if check is not None:
+        _CHECKS.append(check)
+
+
+def _refuse_clash(kind: str, name: str, overwrite: bool) -> None:
+    """ValueError naming the registered item and the new one, unless `overwrite` (then checks only)."""
+    if not overwrite:
+        old = _TASKS.get(name) or _MIXTURES.get(name)
+        if old is not None:
+            raise ValueError(f"{kind} {name!r} is already registered as {_describe(old)}; pass overwrite=True "
+                             "to replace it, or choose another name")
+    for check in _CHECKS:
+        check(name, overwrite)
+
+
+def _describe(item: "PromptTask | Mixture") -> str:
+    if isinstance(item, Mixture):
+        return f"a mixture of {len(item.entries)} entries"
+    origin = item.metadata.get("origin")
+    return f"a {item.kind} task" + (f" ({origin})" if origin else "")
 
 
 def _notify(item: PromptTask | Mixture) -> None:
@@ -128,8 +181,8 @@ class TaskRegistry:
     @staticmethod
     def add(task: PromptTask, *, overwrite: bool = False) -> PromptTask:
         with _LOCK:
-            if not overwrite and (task.name in _TASKS or task.name in _MIXTURES):
-                raise ValueError(f"task {task.name!r} is already registered (pass overwrite=True to replace it)")
+            _refuse_clash("task", task.name, overwrite)
+            _MIXTURES.pop(task.name, None)
             _TASKS[task.name] = task
         _notify(task)
         return task
@@ -159,8 +212,8 @@ class MixtureRegistry:
             if task not in _TASKS and task not in _MIXTURES:
                 raise _unknown("task or mixture", task, list(_TASKS) + list(_MIXTURES))
         with _LOCK:
-            if not overwrite and (name in _MIXTURES or name in _TASKS):
-                raise ValueError(f"mixture {name!r} is already registered (pass overwrite=True to replace it)")
+            _refuse_clash("mixture", name, overwrite)
+            _TASKS.pop(name, None)
             _MIXTURES[name] = mixture
         _notify(mixture)
         return mixture
@@ -178,6 +231,11 @@ class MixtureRegistry:
     @staticmethod
     def remove(name: str) -> None:
         _MIXTURES.pop(name, None)
+
+
+def is_registered(name: str) -> bool:
+    """Whether `name` is one of our tasks or mixtures."""
+    return name in _TASKS or name in _MIXTURES
 
 
 def get_task_or_mixture(name: str) -> PromptTask | Mixture:

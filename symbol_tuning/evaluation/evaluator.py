@@ -211,6 +211,9 @@ def evaluate(model: BaseModel, params: Any, suite: EvalSuite, *, vocabulary, opt
     summary = summarize(records)
     if empty:
         summary["missing"] = empty
+    samples = {d.name: d.sample for d in suite.datasets if d.sample is not None}
+    if samples:
+        summary["query_samples"] = samples  # how --max_queries drew each dataset's queries
     return EvalResult(records=records, summary=summary)
 
 

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import textwrap
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
@@ -74,7 +75,7 @@ def summary_rows(summary: Mapping[str, Any], *, model: str, **extra: Any) -> lis
         for dataset, acc in per.items():
             rows.append({"model": model, **extra, "setting": setting, "dataset": dataset, "accuracy": acc})
         rows.append({"model": model, **extra, "setting": setting, "dataset": "average",
-                     "accuracy": summary["average"][setting]})
+                     "accuracy": summary["average"][setting], "chance": chance_for(summary, setting)})
     for name, acc in summary.get("generative", {}).items():
         rows.append({"model": model, **extra, "setting": "generative", "dataset": name, "accuracy": acc})
     return rows
@@ -146,47 +147,128 @@ def _pyplot():
     return plt
 
 
-def plot_setting_bars(rows: Sequence[Mapping[str, Any]], path: str, *, title: str = "Accuracy by setting") -> None:
-    """Grouped bars: one group per setting, one bar per model (or model/variant)."""
+def chance_for(summary: Mapping[str, Any], setting: str) -> float | None:
+    """Random guessing's accuracy in `setting`: the mean of 1 / classes over the datasets, 50% flipped."""
+    if setting == "flipped":
+        return summary.get("flipped_chance", 0.5)
+    return summary.get("chance")
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LINESTYLES = ("-", "--", "-.", ":")
+
+
+def _panels(rows: Sequence[Mapping[str, Any]], panel_key: str | None) -> list[tuple[Any, list]]:
+    if panel_key is None:
+        return [(None, list(rows))]
+    keys = sorted({r.get(panel_key) for r in rows}, key=lambda k: (k is None, k))
+    return [(k, [r for r in rows if r.get(panel_key) == k]) for k in keys]
+
+
+def _panel_title(panel_key: str | None, key: Any) -> str:
+    if panel_key == "k_per_class":
+        return f"k = {key} exemplar{'s' if key != 1 else ''} per class"
+    return "" if panel_key is None else f"{panel_key} = {key}"
+
+
+def _chance_line(ax, xs_by_value: Mapping[float, list[tuple[float, float]]], labelled: list) -> None:
+    """Dashed random-guessing segments over the x-spans where each chance value applies (one legend entry)."""
+    for value, spans in xs_by_value.items():
+        for lo, hi in spans:
+            ax.hlines(100 * value, lo, hi, colors="black", linestyles="dashed", linewidth=1,
+                      label=None if labelled else "random guessing")
+            labelled.append(True)
+
+
+def plot_setting_bars(rows: Sequence[Mapping[str, Any]], path: str, *, title: str = "Accuracy by prompt setting",
+                      panel_key: str | None = None) -> None:
+    """Grouped bars: one group per prompt setting, one bar per model (or model/variant), each bar labelled
+    with its value; a dashed line at random guessing where rows carry "chance"; one panel per value of
+    `panel_key` (e.g. "k_per_class"). A missing (model, setting) shows no bar, never a 0."""
     plt = _pyplot()
-    labels = list(dict.fromkeys(_series(r) for r in rows))
+    panels = _panels(rows, panel_key)
     settings = list(dict.fromkeys(r["setting"] for r in rows))
-    value = {(_series(r), r["setting"]): 100 * r["accuracy"] for r in rows}
+    labels = list(dict.fromkeys(_series(r) for r in rows))
     width = 0.8 / max(len(labels), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(settings)), 4))
-    for i, label in enumerate(labels):
-        xs = [j + i * width for j in range(len(settings))]
-        ax.bar(xs, [value.get((label, s), 0.0) for s in settings], width, label=label)
-    ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(settings))])
-    ax.set_xticklabels([SETTING_TITLES.get(s, s) for s in settings])
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    _save(fig, path, plt)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6, 1.7 * len(settings)) * len(panels), 4.4),
+                             sharey=True, squeeze=False)
+    for ax, (key, mine) in zip(axes[0], panels):
+        value = {(_series(r), r["setting"]): 100 * r["accuracy"] for r in mine if r.get("accuracy") is not None}
+        for i, label in enumerate(labels):
+            pts = [(j + i * width, value[(label, s)]) for j, s in enumerate(settings) if (label, s) in value]
+            if not pts:
+                continue
+            bars = ax.bar([x for x, _ in pts], [v for _, v in pts], width, label=label)
+            ax.bar_label(bars, fmt="%.0f", fontsize="x-small", padding=1)
+        chance: dict[float, list[tuple[float, float]]] = {}
+        for j, s in enumerate(settings):
+            values = {r["chance"] for r in mine if r["setting"] == s and r.get("chance") is not None}
+            for c in values:
+                chance.setdefault(float(c), []).append((j - width / 2, j + width * (len(labels) - 0.5)))
+        _chance_line(ax, chance, [])
+        ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(settings))])
+        ax.set_xticklabels([SETTING_TITLES.get(s, s) for s in settings])
+        ax.set_xlabel("prompt setting")
+        ax.set_ylim(0, 105)
+        ax.set_title(_panel_title(panel_key, key), fontsize="medium")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%)")
+    rows_below = _figure_legend(fig, axes[0])
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 11)))  # ~11 title chars per inch
+    _save(fig, path, plt, legend_rows=rows_below)
 
 
-def plot_accuracy_vs_step(rows: Sequence[Mapping[str, Any]], path: str, *, title: str = "Accuracy vs step") -> None:
-    """One line per setting: accuracy against training step (rows need a numeric step)."""
+def plot_accuracy_vs_step(rows: Sequence[Mapping[str, Any]], path: str, *, title: str = "Accuracy vs training step",
+                          panel_key: str | None = None) -> None:
+    """One line per prompt setting: accuracy against training step (rows need a numeric step), each line
+    with its own marker and dash so lines that coincide stay visible; random guessing dashed where rows
+    carry "chance"; one panel per value of `panel_key`."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for setting in dict.fromkeys(r["setting"] for r in rows):
-        points = sorted((int(r["step"]), 100 * r["accuracy"]) for r in rows if r["setting"] == setting)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=SETTING_TITLES.get(setting, setting))
-    ax.set_xlabel("training step")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    _save(fig, path, plt)
+    panels = _panels(rows, panel_key)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4), sharey=True, squeeze=False)
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    for ax, (key, mine) in zip(axes[0], panels):
+        steps = sorted({int(r["step"]) for r in mine})
+        for n, setting in enumerate(settings):
+            points = sorted((int(r["step"]), 100 * r["accuracy"]) for r in mine if r["setting"] == setting)
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker=_MARKERS[n % len(_MARKERS)],
+                        linestyle=_LINESTYLES[n % len(_LINESTYLES)], markersize=7 - n % 3, alpha=0.85,
+                        label=SETTING_TITLES.get(setting, setting))
+        chances = {float(r["chance"]) for r in mine if r.get("chance") is not None and r["setting"] != "flipped"}
+        if chances and steps:
+            _chance_line(ax, {c: [(steps[0], steps[-1])] for c in chances}, [])
+        ax.set_xlabel("training step")
+        ax.set_ylim(0, 105)
+        ax.set_title(_panel_title(panel_key, key), fontsize="medium")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%)")
+    rows_below = _figure_legend(fig, axes[0])
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 11)))  # ~11 title chars per inch
+    _save(fig, path, plt, legend_rows=rows_below)
 
 
 def _series(r: Mapping[str, Any]) -> str:
     return f"{r['model']} ({r['variant']})" if r.get("variant") else str(r["model"])
 
 
-def _save(fig, path: str, plt) -> None:
+def _figure_legend(fig, axes) -> int:
+    """One legend for all panels, below them, so it never hides a bar or a line; returns its rows."""
+    handles, names = [], []
+    for ax in axes:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    longest = max((len(n) for n in names), default=1)
+    ncol = max(1, min(len(names), int(fig.get_figwidth() * 13 // (longest + 6))))  # ~13 small chars per inch
+    fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize="small", frameon=False)
+    return -(-len(names) // ncol)
+
+
+def _save(fig, path: str, plt, *, legend_rows: int = 0) -> None:
     buf = io.BytesIO()
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.02 + 0.06 * legend_rows, 1, 1) if legend_rows else None)
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     target = storage.resolve(path)
@@ -230,15 +312,19 @@ def write_overview(output_dir: str, per_step: Mapping[int | None, Mapping[str, A
     last step and, with two or more steps, accuracy-vs-step lines. Process 0 only."""
     if not is_process_zero() or not per_step:
         return
-    rows = [{"model": model, "step": step, "setting": s, "accuracy": acc}
+    rows = [{"model": model, "step": step, "setting": s, "accuracy": acc, "chance": chance_for(summary, s)}
             for step, summary in per_step.items() for s, acc in summary.get("average", {}).items()]
-    write_csv(os.path.join(output_dir, "results.csv"), rows, ["model", "step", "setting", "accuracy"])
+    write_csv(os.path.join(output_dir, "results.csv"), rows, ["model", "step", "setting", "accuracy", "chance"])
     last = list(per_step)[-1]
     _atomic_write(os.path.join(output_dir, "results.md"),
                   "\n".join(summary_markdown(s, title=f"{model} " + ("final" if k is None else f"step {k}"))
                             for k, s in per_step.items()))
     if rows:
-        plot_setting_bars([r for r in rows if r["step"] == last], os.path.join(output_dir, "settings.png"))
+        count = len(next(iter(per_step[last].get("accuracy", {}).values()), {}))
+        at = "final" if last is None else f"step {last}"
+        plot_setting_bars([r for r in rows if r["step"] == last], os.path.join(output_dir, "settings.png"),
+                          title=f"{model} at {at}: average accuracy over {count} datasets per prompt setting")
         stepped = [r for r in rows if r["step"] is not None]
         if len({r["step"] for r in stepped}) >= 2:
-            plot_accuracy_vs_step(stepped, os.path.join(output_dir, "accuracy_vs_step.png"))
+            plot_accuracy_vs_step(stepped, os.path.join(output_dir, "accuracy_vs_step.png"),
+                                  title=f"{model}: average accuracy over {count} datasets vs training step")

@@ -16,6 +16,8 @@ import dataclasses
 import os
 from typing import Sequence
 
+import numpy as np
+
 from symbol_tuning.data.examples import ClassificationData, GenerativeData
 
 SUITES = ("paper", "embedded", "bigbench")
@@ -40,6 +42,7 @@ class EvalDataset:
     name: str
     queries: ClassificationData
     exemplars: ClassificationData
+    sample: dict | None = None  # how `queries` was drawn from the full split (max_queries), for the results
 
     @property
     def num_classes(self) -> int:
@@ -92,10 +95,37 @@ def _pick(requested: Sequence[str] | None, known: Sequence[str], suite: str) -> 
     return list(requested)
 
 
-def _cap(data: ClassificationData, max_queries: int | None) -> ClassificationData:
-    if max_queries is None or len(data.examples) <= max_queries:
-        return data
-    return dataclasses.replace(data, examples=data.examples[:max_queries])
+def balanced_sample(data: ClassificationData, max_queries: int, seed: int) -> tuple[ClassificationData, dict]:
+    """At most `max_queries` queries, as equal per class as the data allow, drawn at random with `seed`
+    (each class shuffled by a generator seeded from seed and the dataset's name; classes take turns), kept in
+    file order; and the record of the draw. The first N rows of a file sorted by label (SUBJ) would be one
+    class, where a constant model scores 100% or 0%."""
+    from symbol_tuning.data.prompts import stable_hash
+
+    by_class: dict[int, list[int]] = {}
+    for i, ex in enumerate(data.examples):
+        by_class.setdefault(int(ex.label), []).append(i)
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, stable_hash(data.name) & 0xFFFFFFFF])
+    queues = {label: list(rng.permutation(idx)) for label, idx in sorted(by_class.items())}
+    chosen: list[int] = []
+    while len(chosen) < min(max_queries, len(data.examples)):
+        for label in sorted(queues):
+            if queues[label] and len(chosen) < max_queries:
+                chosen.append(int(queues[label].pop(0)))
+    chosen.sort()
+    counts: dict[str, int] = {}
+    for i in chosen:
+        name = data.label_names[data.examples[i].label]
+        counts[name] = counts.get(name, 0) + 1
+    record = {"max_queries": int(max_queries), "seed": int(seed), "from": len(data.examples),
+              "drawn": len(chosen), "per_class": counts, "method": "seeded, class-balanced"}
+    return dataclasses.replace(data, examples=tuple(data.examples[i] for i in chosen)), record
+
+
+def _cap(data: ClassificationData, max_queries: int | None, seed: int) -> tuple[ClassificationData, dict | None]:
+    if max_queries is None:
+        return data, None
+    return balanced_sample(data, max_queries, seed)
 
 
 def paper_dataset_names() -> list[str]:
@@ -129,7 +159,8 @@ def _paper(*, data_root: str | None, source: str, datasets: Sequence[str] | None
             kwargs = {"path": path} if source == "hf" else {"data_dir": data_root}
             queries = load_classification(name, "eval", source=source, seed=seed, **kwargs)
             exemplars = load_classification(name, "train", source=source, seed=seed, **kwargs)
-        out.append(EvalDataset(name=name, queries=_cap(queries, max_queries), exemplars=exemplars))
+        sampled, record = _cap(queries, max_queries, seed)
+        out.append(EvalDataset(name=name, queries=sampled, exemplars=exemplars, sample=record))
     return EvalSuite(name="paper", datasets=tuple(out))
 
 
@@ -148,7 +179,9 @@ def _embedded(*, datasets: Sequence[str] | None, max_queries: int | None, seed: 
     for name in names:
         queries = generated.generated_classification(name, split="eval", num_examples=num_queries, seed=seed)
         exemplars = generated.generated_classification(name, split="train", num_examples=num_exemplars, seed=seed)
-        out.append(EvalDataset(name=name, queries=queries, exemplars=exemplars))
+        sample = None if max_queries is None else {"max_queries": int(max_queries), "seed": int(seed),
+                                                   "method": "generated: the family's first eval examples"}
+        out.append(EvalDataset(name=name, queries=queries, exemplars=exemplars, sample=sample))
     return EvalSuite(name="embedded", datasets=tuple(out))
 
 
@@ -186,7 +219,8 @@ def _bigbench(*, data_root: str | None, datasets: Sequence[str] | None, max_quer
 def build_suite(name: str, *, data_root: str | None = None, source: str = "local",
                 datasets: Sequence[str] | None = None, max_queries: int | None = None, seed: int = 0,
                 concepts: Sequence[str] | None = None) -> EvalSuite:
-    """The suite `name` (one of SUITES), restricted to `datasets` and to `max_queries` queries each.
+    """The suite `name` (one of SUITES), restricted to `datasets` and to `max_queries` queries each (for
+    the paper suite a seeded, class-balanced sample, see balanced_sample, recorded in `EvalDataset.sample`).
 
     Unknown suite or dataset names raise ValueError listing the valid ones before any data is read.
     List_functions tasks keep at least shots + 1 examples so every query has its exemplars.

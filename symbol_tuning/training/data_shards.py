@@ -6,7 +6,7 @@ reads a contiguous block of `num_shards / process_count` shards, so its rows are
 global batch. A checkpoint keeps every shard's position; a run resumed on another host count whose count
 divides `num_shards` re-derives each host's block from them and reads the same global batches (the same
 rows in the same order) as the run that never stopped. A host count that does not divide `num_shards`
-is refused with the warm-start command (INIT_CHECKPOINT: params only, any host count).
+is refused with the warm-start command (INITIAL_CHECKPOINT_PATH: params only, any host count).
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def regroup(host_states: Sequence[Mapping[str, Any]], process_index: int, proces
     """This host's input position on `process_count` hosts, from the positions `len(host_states)` hosts
     saved; ValueError naming `source` and the warm-start command when it cannot be re-derived."""
     warm = (f"warm-start a new run from these params instead (any mesh and host count; optimizer state and "
-            f"data position start afresh): --gin.MODEL_DIR=\"'<new dir>'\" --gin.INIT_CHECKPOINT=\"'{source}'\"")
+            f"data position start afresh): --gin.MODEL_DIR=\"'<new dir>'\" --gin.INITIAL_CHECKPOINT_PATH=\"'{source}'\"")
     if not host_states or any(h.get("kind") != KIND for h in host_states):
         raise ValueError(f"{source}: saved by {len(host_states)} hosts with per-host input positions, restoring "
                          f"on {process_count}; the input position cannot be re-derived. {warm}")

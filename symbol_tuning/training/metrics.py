@@ -1,7 +1,9 @@
-"""Training metrics: TensorBoard event files, a JSONL log and a console progress bar with ETA (FLOPs,
-peaks and MFU: training/flops.py).
+"""Training metrics: TensorBoard event files and a JSONL log (the training console is training/console.py;
+FLOPs, peaks and MFU are training/flops.py), and the progress bar evaluation shows.
 
-Only the primary host writes files; every host may compute.
+Only the primary host writes files; every host may compute. CLU's metric writers were considered: their
+TensorBoard writer needs TensorFlow, which training/ must not import, so tensorboardX writes the same event
+files (`tensorboard --logdir MODEL_DIR` reads them).
 """
 from __future__ import annotations
 

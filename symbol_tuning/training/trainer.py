@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from symbol_tuning.models.base import BaseModel
+from symbol_tuning.training import console as console_lib
 from symbol_tuning.training import flops
 from symbol_tuning.training import metrics as metrics_lib
 from symbol_tuning.training.checkpoints import Checkpointer
@@ -272,7 +273,7 @@ def _take_lock(model_dir: str) -> RunLock:
 
 
 class _Loop:
-    """The step loop's bookkeeping: pending device metrics, timing, saves and the progress bar."""
+    """The step loop's bookkeeping: pending device metrics, the log window, timing, saves and the console."""
 
     def __init__(self, *, checkpointer: Checkpointer, writer: metrics_lib.MetricsWriter, stream: ResumableStream,
                  step_fn: Callable, mesh: Mesh, local_shapes: Mapping[str, tuple[int, ...]],
@@ -283,14 +284,17 @@ class _Loop:
         self.log_every, self.checkpoint_every = log_every, checkpoint_every
         self.eval_fn, self.eval_every = eval_fn, eval_every
         self.flops_per_token = flops_per_token
-        self.tokens_per_step = sum(int(np.prod(s)) for n, s in input_shapes.items()
-                                   if n in ("encoder_input_tokens", "decoder_input_tokens"))
-        self.peak = flops.peak_flops_per_device()
+        self.throughput = console_lib.Throughput(
+            tokens_per_step=sum(int(np.prod(s)) for n, s in input_shapes.items()
+                                if n in ("encoder_input_tokens", "decoder_input_tokens")),
+            flops_per_token=flops_per_token, num_devices=int(mesh.devices.size),
+            peak_flops_per_device=flops.peak_flops_per_device())
         self.pending: list[tuple[int, Mapping[str, jax.Array]]] = []
         self.last_metrics: dict[str, float] = {}
         self.last_saved = last_saved
+        self._window: list[dict[str, float]] = []  # fetched step metrics since the last log line
         self._window_start = time.perf_counter()
-        self._window_steps = 0
+        self._window_steps = 0  # timed steps in the window (the compile step is not one)
 
     def _drain(self) -> None:
         """Fetch pending metrics; raise FloatingPointError on the first non-finite step (after waiting for
@@ -302,23 +306,27 @@ class _Loop:
         if bad is not None:
             self.checkpointer.wait_until_finished()
             raise FloatingPointError(bad)
-        self.last_metrics = fetched[-1][1]
+        self._window.extend(values for _, values in fetched)
 
-    def _log(self, step: int, progress: metrics_lib.Progress) -> None:
+    def _log(self, step: int, total_steps: int, console: console_lib.Console) -> None:
+        """Write and print the window's means (its steps' metrics fetched, so its time is device time)."""
         self._drain()
         elapsed = time.perf_counter() - self._window_start
-        steps = max(self._window_steps, 1)
-        values = dict(self.last_metrics)
-        values["step_time_s"] = elapsed / steps
-        values["tokens_per_second"] = self.tokens_per_step * steps / max(elapsed, 1e-9)
-        values["target_tokens_per_second"] = values.get("num_target_tokens", 0.0) / max(values["step_time_s"], 1e-9)
-        if self.peak:
-            values["mfu"] = values["tokens_per_second"] * self.flops_per_token / (self.peak * self.mesh.devices.size)
+        values = console_lib.window_metrics(self._window, timed_steps=self._window_steps, seconds=elapsed,
+                                            step=step, total_steps=total_steps, throughput=self.throughput)
         self.last_metrics = values
         self.writer.write(step, values)
-        progress.update(self._window_steps, loss=values.get("loss", float("nan")),
-                        acc=values.get("accuracy", float("nan")))
-        self._window_start, self._window_steps = time.perf_counter(), 0
+        console.window(step, values)
+        self._window, self._window_start, self._window_steps = [], time.perf_counter(), 0
+
+    def _first_step_done(self, step: int, step_metrics: Mapping[str, jax.Array], started: float,
+                         console: console_lib.Console) -> None:
+        """Report compile + first step once and restart the window clock after it."""
+        jax.block_until_ready(step_metrics)
+        seconds = time.perf_counter() - started
+        console.compiled(step, seconds)
+        self.writer.write(step, {"timing/compile_time_s": seconds})
+        self._window_start = time.perf_counter()
 
     def _save(self, step: int, state: TrainState, data_state: dict) -> None:
         self._drain()  # never save a state whose steps include a non-finite loss
@@ -328,38 +336,42 @@ class _Loop:
 
     def run(self, state: TrainState, start: int, steps: int, flag: _PreemptionFlag) -> tuple[TrainState, bool]:
         """Steps start+1 .. steps; returns (state, preempted)."""
-        progress = metrics_lib.Progress(steps, initial=start)
+        console = console_lib.Console(total_steps=steps)
+        console.start(start)
         data_state = self.stream.state()
         batches = iter(self.stream)
-        try:
-            for step in range(start + 1, steps + 1):
-                if flag.should_stop(step - 1):
-                    self._save(step - 1, state, data_state)
-                    self.checkpointer.wait_until_finished()
-                    return state, True
-                try:
-                    local = next(batches)
-                except StopIteration:
-                    raise ValueError(f"train stream ended at step {step} of {steps}") from None
-                data_state = self.stream.state()
-                _check_batch(local, self.local_shapes, step)
-                batch = make_global_batch(local, self.mesh)
-                state, step_metrics = self.step_fn(state, batch)
-                self.pending.append((step, step_metrics))
-                self._window_steps += 1
-                if step % self.log_every == 0 or step == steps:
-                    self._log(step, progress)
-                if step % self.checkpoint_every == 0 or step == steps:
-                    self._save(step, state, data_state)
-                if self.eval_fn is not None and step % self.eval_every == 0:
-                    self._drain()
-                    result = self.eval_fn(state.params, step)
-                    if result:
-                        self.writer.write(step, {f"eval/{k}": v for k, v in result.items()})
-            self._drain()
-            if flag.should_stop(steps):
+        started = time.perf_counter()
+        for step in range(start + 1, steps + 1):
+            if flag.should_stop(step - 1):
+                self._save(step - 1, state, data_state)
                 self.checkpointer.wait_until_finished()
                 return state, True
-            return state, False
-        finally:
-            progress.close()
+            try:
+                local = next(batches)
+            except StopIteration:
+                raise ValueError(f"train stream ended at step {step} of {steps}") from None
+            data_state = self.stream.state()
+            _check_batch(local, self.local_shapes, step)
+            batch = make_global_batch(local, self.mesh)
+            state, step_metrics = self.step_fn(state, batch)
+            self.pending.append((step, step_metrics))
+            if step == start + 1:
+                self._first_step_done(step, step_metrics, started, console)
+            else:
+                self._window_steps += 1
+            if step % self.log_every == 0 or step == steps:
+                self._log(step, steps, console)
+            if step % self.checkpoint_every == 0 or step == steps:
+                self._save(step, state, data_state)
+            if self.eval_fn is not None and step % self.eval_every == 0:
+                self._drain()
+                eval_started = time.perf_counter()
+                result = self.eval_fn(state.params, step)
+                self._window_start += time.perf_counter() - eval_started  # eval time is not step time
+                if result:
+                    self.writer.write(step, {f"eval/{k}": v for k, v in result.items()})
+        self._drain()
+        if flag.should_stop(steps):
+            self.checkpointer.wait_until_finished()
+            return state, True
+        return state, False
