@@ -14,8 +14,9 @@ T5X's macro names, as our run configs use them (runs/*.gin):
 - MIXTURE_OR_TASK_NAME, MODEL_DIR, BATCH_SIZE (global rows per step): as in T5X.
 - TASK_FEATURE_LENGTHS: {'inputs': n, 'targets': m}, as in T5X; by default built from INPUT_LENGTH and
   TARGET_LENGTH, so either form works (prompts are built to fit the inputs length).
-- INITIAL_CHECKPOINT_PATH: the weights to start from, an HF checkpoint directory or one of ours (not a
-  T5X checkpoint); only the parameters are read, the optimizer starts fresh.
+- INITIAL_CHECKPOINT_PATH: the weights to start from: an HF checkpoint directory, one of our native ones, or
+  an Orbax training dir (`<dir>` or `<dir>/<step>`; not a T5X checkpoint); only the parameters are read,
+  the optimizer starts fresh.
 - TRAIN_STEPS: the number of updates the run makes in MODEL_DIR, counted from 0 -- unlike T5X, whose
   TRAIN_STEPS is a total that includes the initial checkpoint's steps (T5X fine-tuning from a 1M-step
   checkpoint sets 1_000_000 + N; here N). Resuming from MODEL_DIR's own checkpoints continues the count,
