@@ -66,6 +66,17 @@ def objects(prefix: str = "") -> list[str]:
     return sorted(b.name for b in client.list_blobs(BUCKET, prefix=prefix))
 
 
+def download(prefix: str, target: pathlib.Path) -> None:
+    """Copy every object under `prefix` into `target` (keeping the names below the prefix)."""
+    from google.cloud import storage
+
+    client = storage.Client(project="test")
+    for blob in client.list_blobs(BUCKET, prefix=prefix):
+        local = target / blob.name[len(prefix):]
+        local.parent.mkdir(parents=True, exist_ok=True)
+        blob.download_to_filename(str(local))
+
+
 def _cli(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -125,11 +136,13 @@ def test_train_kill_resume_eval_and_export_all_on_gs(gcs, tmp_path):
 
     from symbol_tuning.evaluation.checkpoint_loading import load_for_eval
     from symbol_tuning.models.families import import_hf_checkpoint
-    from symbol_tuning.training import storage
 
-    storage.copy_tree(f"gs://{BUCKET}/hf", tmp_path / "hf")
+    # Read back with the GCS client itself (not epath in this process: epath caches its gs backend choice
+    # per process, and an earlier test in this worker may have made it before EPATH_USE_TF was set).
+    download("hf/", tmp_path / "hf")
+    download("run/", tmp_path / "run")
     _, exported = import_hf_checkpoint(str(tmp_path / "hf"))
-    trained = load_for_eval(f"gs://{BUCKET}/run", step=saved)
+    trained = load_for_eval(str(tmp_path / "run"), step=saved)
     want = traverse_util.flatten_dict(trained.params, sep="/")
     got = traverse_util.flatten_dict(exported, sep="/")
     assert sorted(got) == sorted(want)
