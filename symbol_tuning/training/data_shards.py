@@ -59,7 +59,8 @@ def regroup(host_states: Sequence[Mapping[str, Any]], process_index: int, proces
     """This host's input position on `process_count` hosts, from the positions `len(host_states)` hosts
     saved; ValueError naming `source` and the warm-start command when it cannot be re-derived."""
     warm = (f"warm-start a new run from these params instead (any mesh and host count; optimizer state and "
-            f"data position start afresh): --gin.MODEL_DIR=\"'<new dir>'\" --gin.INITIAL_CHECKPOINT_PATH=\"'{source}'\"")
+            f"data position start afresh): --gin.MODEL_DIR=\"'<new dir>'\" "
+            f"--gin.INITIAL_CHECKPOINT_PATH=\"'{source}'\"")
     if not host_states or any(h.get("kind") != KIND for h in host_states):
         raise ValueError(f"{source}: saved by {len(host_states)} hosts with per-host input positions, restoring "
                          f"on {process_count}; the input position cannot be re-derived. {warm}")
