@@ -57,7 +57,7 @@ def test_readme_plain_seqio_mixture_trains_through_symbol_tuning_train_with_a_qu
     assert "INFO:absl" not in out.stderr and "orbax" not in out.stderr.lower()  # quiet by default
     # the mixture's leaves, ours and the user's SeqIO task, are what the stream drew from
     (host_state,) = json.loads((model_dir / "4" / "data" / "metadata").read_text())["hosts"]
-    data_state = json.loads(host_state)
+    (data_state,) = json.loads(host_state)["shards"].values()  # one host reading one data shard
     assert "my_qa" in data_state["tasks"] and any(t.startswith("symbol_tuning:gen.") for t in data_state["tasks"])
     assert data_state["task_counts"][data_state["tasks"].index("my_qa")] > 0
     # `tensorboard --logdir MODEL_DIR` reads the run's scalars under T5X's names
