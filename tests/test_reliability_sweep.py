@@ -11,6 +11,7 @@ from test_sweep import _loader
 
 from symbol_tuning import sweep
 from symbol_tuning.evaluation import sweep_records
+from symbol_tuning.training import storage
 
 
 def _spec(tmp_path):
@@ -96,11 +97,11 @@ def test_a_disk_full_append_leaves_a_torn_line_that_the_next_run_repairs(tmp_pat
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(sweep_records.os, "write", full_disk)
+    monkeypatch.setattr(storage.os, "write", full_disk)
     with pytest.raises(OSError) as info:
         sweep.run_sweep(spec, str(out), loader=_loader([]))
     assert info.value.errno == errno.ENOSPC
-    monkeypatch.setattr(sweep_records.os, "write", real_write)
+    monkeypatch.setattr(storage.os, "write", real_write)
     assert not (out / "results.jsonl").read_bytes().endswith(b"\n")
     rerun = []
     records = sweep.run_sweep(spec, str(out), after_cell=lambda r: rerun.append(r["key"]), loader=_loader([]))

@@ -21,22 +21,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from typing import Any, Mapping
 
 from etils import epath
 
-from symbol_tuning.training import checkpoint_integrity, checkpoints
+from symbol_tuning.training import checkpoint_integrity, checkpoints, storage
 
 log = logging.getLogger(__name__)
 
 INPUT_KEYS = ("suite", "data_root", "source", "datasets", "concepts", "max_queries", "max_input_length",
               "min_prompt_bucket", "batch_size", "seed")
 _SMALL = 1 << 20
-
-
-def _is_local(path: epath.Path) -> bool:
-    return "://" not in str(path)
 
 
 def _rewrite(path: epath.Path, data: bytes) -> None:
@@ -95,20 +90,7 @@ def read_records(path: str | epath.PathLike, *, repair: bool = True) -> list[dic
 
 def append_record(path: str | epath.PathLike, record: Mapping[str, Any]) -> None:
     """Append one record as one whole line and fsync it (object stores: rewrite the object)."""
-    path = epath.Path(path)
-    line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not _is_local(path):
-        _rewrite(path, (path.read_bytes() if path.exists() else b"") + line)
-        return
-    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        written = os.write(fd, line)
-        if written != len(line):
-            raise OSError(f"{path}: short write ({written} of {len(line)} bytes)")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    storage.append_line(path, json.dumps(record, sort_keys=True) + "\n")
 
 
 def _listing_hash(directory: epath.Path) -> str:
@@ -133,7 +115,7 @@ def checkpoint_identity(path: str, step: int | None) -> dict[str, Any]:
     root = epath.Path(path)
     if not root.exists():
         return {"checkpoint": path, "checkpoint_step": step, "content_hash": None}
-    steps = checkpoints.finished_steps(path) if root.is_dir() and _is_local(root) else []
+    steps = checkpoints.finished_steps(path) if root.is_dir() and not storage.is_remote(root) else []
     if steps:
         resolved = steps[-1] if step is None else int(step)
         step_dir = checkpoint_integrity.step_path(path, resolved)

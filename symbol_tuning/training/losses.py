@@ -50,14 +50,10 @@ def normalizing_factor(weights: jax.Array, loss_normalizing_factor: LossNormaliz
     return jnp.float32(loss_normalizing_factor)
 
 
-def weighted_cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array | None, *,
-                                z_loss: float = 0.0,
-                                label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Un-normalised (loss_sum, z_loss_sum, weight_sum) over all tokens: the pieces microbatching adds.
-
-    Label smoothing spreads `label_smoothing` of the target mass evenly over the other vocab entries
-    and subtracts the entropy of that smoothed distribution, so a perfect prediction has loss 0 (T5X).
-    """
+def _checked_smoothing(logits: jax.Array, targets: jax.Array, weights: jax.Array | None,
+                       label_smoothing: float) -> tuple[jax.Array, float, float, float]:
+    """Shapes checked (ValueError naming the mismatch) and the label-smoothing terms both loss paths use:
+    (weights, target mass, mass of every other entry, entropy of the smoothed distribution)."""
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits shape {logits.shape} does not match targets shape {targets.shape}")
     if weights is None:
@@ -69,8 +65,21 @@ def weighted_cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: 
     vocab = logits.shape[-1]
     confidence = 1.0 - label_smoothing
     low = label_smoothing / (vocab - 1) if vocab > 1 else 0.0
-    normalizing_constant = -(confidence * jnp.log(confidence)
-                             + (vocab - 1) * low * jnp.log(low + 1e-20)) if label_smoothing else 0.0
+    constant = (-(confidence * math.log(confidence) + (vocab - 1) * low * math.log(low + 1e-20))
+                if label_smoothing else 0.0)
+    return weights, confidence, low, constant
+
+
+def weighted_cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array | None, *,
+                                z_loss: float = 0.0,
+                                label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Un-normalised (loss_sum, z_loss_sum, weight_sum) over all tokens: the pieces microbatching adds.
+
+    Label smoothing spreads `label_smoothing` of the target mass evenly over the other vocab entries
+    and subtracts the entropy of that smoothed distribution, so a perfect prediction has loss 0 (T5X).
+    """
+    weights, confidence, low, normalizing_constant = _checked_smoothing(logits, targets, weights, label_smoothing)
+    vocab = logits.shape[-1]
     logits = logits.astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
@@ -164,20 +173,9 @@ def chunked_cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: j
     weight, is written chunk by chunk in the logits' dtype. Returns (loss_sum, z_loss_sum,
     weight_sum, correct_sum); equal to the reference path within float32 rounding.
     """
-    if logits.shape[:-1] != targets.shape:
-        raise ValueError(f"logits shape {logits.shape} does not match targets shape {targets.shape}")
-    if weights is None:
-        weights = jnp.ones(targets.shape, jnp.float32)
-    if weights.shape != targets.shape:
-        raise ValueError(f"weights shape {weights.shape} does not match targets shape {targets.shape}")
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+    weights, confidence, low, constant = _checked_smoothing(logits, targets, weights, label_smoothing)
     vocab = logits.shape[-1]
     chunk = vocab_chunk_size(vocab, vocab_chunk)
-    confidence = 1.0 - label_smoothing
-    low = label_smoothing / (vocab - 1) if vocab > 1 else 0.0
-    constant = float(-(confidence * math.log(confidence) + (vocab - 1) * low * math.log(low + 1e-20))
-                     ) if label_smoothing else 0.0
     targets = targets.astype(jnp.int32)
     weights = weights.astype(jnp.float32)
 

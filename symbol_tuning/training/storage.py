@@ -117,6 +117,25 @@ def publish_dir(target: str | os.PathLike, write: Callable[[str], None]) -> None
         copy_tree(local, resolved)
 
 
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one whole line: locally with one O_APPEND write and an fsync, so a kill never leaves half of
+    it glued to the next; on GCS (no appends) by rewriting the object."""
+    target = resolve(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = line.encode("utf-8")
+    if is_remote(os.fspath(target)):
+        target.write_bytes((target.read_bytes() if target.exists() else b"") + data)
+        return
+    fd = os.open(os.fspath(target), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(f"{target}: short write ({written} of {len(data)} bytes)")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class AppendFile:
     """A text file appended to line by line: locally a real append (flushed, fsynced); on GCS, whose
     objects cannot be appended to, the whole object is rewritten on each append (for small logs such as
