@@ -5,6 +5,13 @@ subtasks c001..c250, 32 input/target pairs each; the NN_shot_baseline subtasks a
 and are skipped) and simple_turing_concept (directory `simp_turing_concept`: subsets witness_set,
 additional_set_1, additional_set_2, whose inputs already embed Input/Output exemplars).
 
+Simple Turing concepts: each example's `comment` field is a Python literal `[program, instructions, shown]`,
+e.g. "['+o', 2, 6]": the P3 program the exemplars come from, its number of instructions (one per character
+of the program) and the number of exemplar pairs in the input. Every subset holds the same 426 programs,
+5 examples each (2130); the paper evaluates the AS II subset (additional_set_2) restricted to programs of
+at most 3 instructions, which the files turn into 17 programs / 85 examples per subset
+(`max_instructions=TURING_MAX_INSTRUCTIONS`).
+
 Human accuracy: the paper keeps "the 20 concepts with the highest human accuracy". The staged task.json
 files (bigbench==1.0.0 sdist) carry no human-accuracy field: each concept file has only canary, name,
 description (which states the target function, e.g. 'The target function is "remove all but element
@@ -15,6 +22,7 @@ files, so `list_functions_tasks` takes the concept ids to keep (`concepts=`) and
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -25,6 +33,8 @@ from symbol_tuning.data.rows import DataError
 
 _CONCEPT = re.compile(r"^c\d{3}$")
 TURING_SUBSETS = ("witness_set", "additional_set_1", "additional_set_2")
+# The paper keeps the simple Turing concepts whose programs have at most 3 instructions.
+TURING_MAX_INSTRUCTIONS = 3
 
 
 def _read_task(path: str) -> dict[str, Any]:
@@ -63,24 +73,71 @@ def _target(example: dict[str, Any], where: str) -> str:
     raise DataError(f"{where}: example has neither 'target' nor a non-empty 'target_scores' object")
 
 
+def _examples(task: dict[str, Any], path: str) -> list[dict[str, Any]]:
+    examples = task.get("examples")
+    if not isinstance(examples, list) or not examples:
+        raise DataError(f"{path}: task has no 'examples' list (a subtask index? read its subdirectories)")
+    for i, example in enumerate(examples):
+        if not isinstance(example, dict):
+            raise DataError(f"{path}: example {i}: expected an object, got {type(example).__name__}")
+    return examples
+
+
+def _pair(example: dict[str, Any], where: str) -> TextPair:
+    inputs = example.get("input")
+    if not isinstance(inputs, str) or not inputs.strip():
+        raise DataError(f"{where}: 'input' must be a non-empty string, got {inputs!r:.80}")
+    return TextPair(inputs=inputs, targets=_target(example, where))
+
+
+def _task_name(task: dict[str, Any], path: str, name: str | None) -> str:
+    return name or str(task.get("name") or os.path.basename(os.path.dirname(path)))
+
+
 def load_bigbench_task(path: str, *, name: str | None = None) -> GenerativeData:
     """A BIG-Bench task.json as GenerativeData (split "eval"); the target is the first of a target list,
     or the best-scored option of target_scores. A malformed entry raises DataError naming file and index."""
     task = _read_task(path)
-    examples = task.get("examples")
-    if not isinstance(examples, list) or not examples:
-        raise DataError(f"{path}: task has no 'examples' list (a subtask index? read its subdirectories)")
-    pairs = []
-    for i, example in enumerate(examples):
+    pairs = [_pair(example, f"{path}: example {i}") for i, example in enumerate(_examples(task, path))]
+    return GenerativeData(name=_task_name(task, path, name), split="eval", examples=tuple(pairs))
+
+
+def turing_program(example: dict[str, Any], where: str) -> tuple[str, int]:
+    """(program, number of instructions) from a simp_turing_concept example's `comment`, a Python literal
+    such as "['+o', 2, 6]"; a missing or malformed comment raises DataError naming `where`."""
+    comment = example.get("comment")
+    if not isinstance(comment, str):
+        raise DataError(f"{where}: 'comment' must be a string like \"['+o', 2, 6]\" (program, number of "
+                        f"instructions, ...), got {comment!r:.80}")
+    try:
+        value = ast.literal_eval(comment)
+    except (ValueError, SyntaxError):
+        value = None
+    if (not isinstance(value, (list, tuple)) or len(value) < 2 or not isinstance(value[0], str)
+            or not isinstance(value[1], int) or isinstance(value[1], bool) or value[1] < 1):
+        raise DataError(f"{where}: 'comment' {comment!r:.80} is not [program, number of instructions >= 1, ...]")
+    return value[0], value[1]
+
+
+def load_turing_task(path: str, *, name: str | None = None,
+                     max_instructions: int | None = TURING_MAX_INSTRUCTIONS) -> tuple[GenerativeData, tuple[str, ...]]:
+    """A simp_turing_concept task.json restricted to programs of at most `max_instructions` instructions
+    (None: all), and the program of each kept example. Every example's comment is checked, kept or not."""
+    if max_instructions is not None and max_instructions < 1:
+        raise ValueError(f"simple_turing_concept: max_instructions must be >= 1 or None, got {max_instructions}")
+    task = _read_task(path)
+    pairs, programs = [], []
+    for i, example in enumerate(_examples(task, path)):
         where = f"{path}: example {i}"
-        if not isinstance(example, dict):
-            raise DataError(f"{where}: expected an object, got {type(example).__name__}")
-        inputs = example.get("input")
-        if not isinstance(inputs, str) or not inputs.strip():
-            raise DataError(f"{where}: 'input' must be a non-empty string, got {inputs!r:.80}")
-        pairs.append(TextPair(inputs=inputs, targets=_target(example, where)))
-    return GenerativeData(name=name or str(task.get("name") or os.path.basename(os.path.dirname(path))),
-                          split="eval", examples=tuple(pairs))
+        program, count = turing_program(example, where)
+        pair = _pair(example, where)
+        if max_instructions is None or count <= max_instructions:
+            pairs.append(pair)
+            programs.append(program)
+    if not pairs:
+        raise DataError(f"{path}: no example has a program of at most {max_instructions} instructions")
+    return (GenerativeData(name=_task_name(task, path, name), split="eval", examples=tuple(pairs)),
+            tuple(programs))
 
 
 def _concept_dirs(root: str) -> list[str]:
@@ -117,14 +174,16 @@ def list_functions_descriptions(root: str) -> dict[str, str]:
     return out
 
 
-def simple_turing_concept_tasks(root: str, *,
-                                subsets: Sequence[str] = TURING_SUBSETS) -> list[GenerativeData]:
-    """One GenerativeData per simp_turing_concept subset, named "simple_turing_concept/<subset>"."""
+def simple_turing_concept_tasks(root: str, *, subsets: Sequence[str] = TURING_SUBSETS,
+                                max_instructions: int | None = TURING_MAX_INSTRUCTIONS) -> list[GenerativeData]:
+    """One GenerativeData per simp_turing_concept subset, named "simple_turing_concept/<subset>", holding the
+    programs of at most `max_instructions` instructions (the paper's 3 by default; None keeps all 2130)."""
     out = []
     for subset in subsets:
         path = os.path.join(root, subset, "task.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"simple_turing_concept: subset {subset!r} file {path} does not exist "
                                     f"(known subsets: {TURING_SUBSETS})")
-        out.append(load_bigbench_task(path, name=f"simple_turing_concept/{subset}"))
+        data, _ = load_turing_task(path, name=f"simple_turing_concept/{subset}", max_instructions=max_instructions)
+        out.append(data)
     return out

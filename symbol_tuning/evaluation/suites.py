@@ -6,7 +6,9 @@ Built-in suites:
   Queries are split "eval" (at most 100 each), exemplars split "train".
 - "embedded": the held-out families of our generated data (symbol_tuning.data.embedded.datasets.EVAL_FAMILIES).
 - "bigbench": BIG-Bench list_functions (LIST_FUNCTIONS_CONCEPTS, 4-shot) and simp_turing_concept
-  (the subset in TURING_SUBSETS, whose inputs already hold their exemplars), scored by exact match.
+  (the subset in TURING_SUBSETS, whose inputs already hold their exemplars, restricted to programs of at
+  most `turing_max_instructions` instructions: the paper's 3, 17 programs / 85 examples), scored by exact
+  match.
 
 Names are checked before any data is read, so a typo fails fast with the valid names listed.
 """
@@ -18,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from symbol_tuning.data.bigbench import TURING_MAX_INSTRUCTIONS
 from symbol_tuning.data.examples import ClassificationData, GenerativeData
 
 SUITES = ("paper", "embedded", "bigbench")
@@ -30,7 +33,8 @@ PAPER_SOURCES = ("local", "hf", "tfds")
 # Pass `concepts=` to use another list.
 LIST_FUNCTIONS_CONCEPTS = ("c029", "c037", "c038", "c041", "c042", "c045", "c046", "c048", "c049", "c061",
                            "c062", "c065", "c066", "c067", "c070", "c071", "c077", "c078", "c079", "c080")
-# The paper's simple Turing concepts use the "AS II" subset: additional_set_2 of simp_turing_concept.
+# The paper's simple Turing concepts use the "AS II" subset: additional_set_2 of simp_turing_concept, and
+# only its programs of at most 3 instructions (symbol_tuning.data.bigbench.TURING_MAX_INSTRUCTIONS).
 TURING_SUBSETS = ("additional_set_2",)
 LIST_FUNCTIONS_SHOTS = 4
 
@@ -191,7 +195,7 @@ def bigbench_task_names(concepts: Sequence[str] = LIST_FUNCTIONS_CONCEPTS,
 
 
 def _bigbench(*, data_root: str | None, datasets: Sequence[str] | None, max_queries: int | None,
-              concepts: Sequence[str] | None) -> EvalSuite:
+              concepts: Sequence[str] | None, turing_max_instructions: int | None) -> EvalSuite:
     from symbol_tuning.data.bigbench import list_functions_tasks, simple_turing_concept_tasks
 
     concepts = tuple(concepts) if concepts is not None else LIST_FUNCTIONS_CONCEPTS
@@ -208,7 +212,8 @@ def _bigbench(*, data_root: str | None, datasets: Sequence[str] | None, max_quer
             tasks.append(GenerativeTask(data.name, data, LIST_FUNCTIONS_SHOTS))
     if wanted_subsets:
         for data in simple_turing_concept_tasks(os.path.join(data_root, "bigbench_simple_turing_concept"),
-                                                subsets=wanted_subsets):
+                                                subsets=wanted_subsets,
+                                                max_instructions=turing_max_instructions):
             tasks.append(GenerativeTask(data.name, data, 0))
     if max_queries is not None:
         tasks = [dataclasses.replace(t, data=dataclasses.replace(t.data, examples=t.data.examples[:max(
@@ -218,12 +223,14 @@ def _bigbench(*, data_root: str | None, datasets: Sequence[str] | None, max_quer
 
 def build_suite(name: str, *, data_root: str | None = None, source: str = "local",
                 datasets: Sequence[str] | None = None, max_queries: int | None = None, seed: int = 0,
-                concepts: Sequence[str] | None = None) -> EvalSuite:
+                concepts: Sequence[str] | None = None,
+                turing_max_instructions: int | None = TURING_MAX_INSTRUCTIONS) -> EvalSuite:
     """The suite `name` (one of SUITES), restricted to `datasets` and to `max_queries` queries each (for
     the paper suite a seeded, class-balanced sample, see balanced_sample, recorded in `EvalDataset.sample`).
 
     Unknown suite or dataset names raise ValueError listing the valid ones before any data is read.
-    List_functions tasks keep at least shots + 1 examples so every query has its exemplars.
+    List_functions tasks keep at least shots + 1 examples so every query has its exemplars; simple Turing
+    concepts keep the programs of at most `turing_max_instructions` instructions (None: all).
     """
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; valid suites: {', '.join(SUITES)}")
@@ -233,7 +240,8 @@ def build_suite(name: str, *, data_root: str | None = None, source: str = "local
         return _paper(data_root=data_root, source=source, datasets=datasets, max_queries=max_queries, seed=seed)
     if name == "embedded":
         return _embedded(datasets=datasets, max_queries=max_queries, seed=seed)
-    return _bigbench(data_root=data_root, datasets=datasets, max_queries=max_queries, concepts=concepts)
+    return _bigbench(data_root=data_root, datasets=datasets, max_queries=max_queries, concepts=concepts,
+                     turing_max_instructions=turing_max_instructions)
 
 
 def suite_from_data(name: str, datasets: Sequence[EvalDataset] = (),
