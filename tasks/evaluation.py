@@ -1,7 +1,8 @@
 """The paper's 11 evaluation datasets in the 4 settings, plus flipped labels for binary ones:
 "eval:<dataset>:<setting>" and "eval:<dataset>:flipped" (labels-only prompts, labels flipped).
 
-Queries come from the "eval" split (at most 100), exemplars from the "train" split; both load on
+Queries come from the "eval" split (at most 100: the validation split where the dataset has one, as the
+paper does, see data.specs), exemplars from the "train" split; both load on
 first use from `SOURCE` on the hub, or from local files after `tasks.local.use_local_files(data_root)`.
 """
 from __future__ import annotations

@@ -81,17 +81,19 @@ def test_directory_of_parquet_files_picks_the_split_by_file_name(tmp_path):
     folder = tmp_path / "hate_parquet"
     folder.mkdir()
     datasets.Dataset.from_list(_hate_rows(4)).to_parquet(str(folder / "train.parquet"))
+    datasets.Dataset.from_list(_hate_rows(3)).to_parquet(str(folder / "validation.parquet"))
     datasets.Dataset.from_list(_hate_rows(2)).to_parquet(str(folder / "test.parquet"))
     kw = dict(path=str(folder), cache_dir=str(tmp_path / "cache"))
     assert len(load_hf("tweet_eval_hate", "train", **kw).examples) == 4
-    assert len(load_hf("tweet_eval_hate", "eval", **kw).examples) == 2  # "eval" -> HF "test"
+    assert len(load_hf("tweet_eval_hate", "eval", **kw).examples) == 3  # "eval" -> HF "validation", as the paper
+    assert len(load_hf("tweet_eval_hate", "test", **kw).examples) == 2
 
 
 @pytest.mark.parametrize("kind,message", [("label", r"row 2: label 'spam' in field 'label' is not in the label set"),
                                           ("text", r"row 2: field 'text' is empty")])
 def test_bad_row_raises_data_error_naming_dataset_file_split_and_row(tmp_path, kind, message):
     path = _write_jsonl(tmp_path / "hate.jsonl", _hate_rows(5, bad=[(2, kind)]))
-    with pytest.raises(DataError, match=rf"^tweet_eval_hate: .*hate\.jsonl\[test\] {message}"):
+    with pytest.raises(DataError, match=rf"^tweet_eval_hate: .*hate\.jsonl\[validation\] {message}"):
         load_hf("tweet_eval_hate", "eval", path=path, cache_dir=str(tmp_path / "cache"))
 
 

@@ -22,17 +22,18 @@ def counts(*pairs):
 
 # name -> split -> (MANIFEST row count, label counts by our label names)
 OFFICIAL = {
-    # paper eval sets: "eval" = the test file; 7 blank train and 1 blank val tweet (all label 0) dropped
+    # paper eval sets: "eval" = the val file, as the paper takes queries from validation; 7 blank train and
+    # 1 blank val tweet (all label 0) dropped
     "tweet_eval_hate": {
         "train": (9000 - 7, counts(("non-hate", 5217 - 7), ("hate", 3783))),
-        "validation": (1000 - 1, counts(("non-hate", 573 - 1), ("hate", 427))),
-        "eval": (2970, counts(("non-hate", 1718), ("hate", 1252)))},
+        "eval": (1000 - 1, counts(("non-hate", 573 - 1), ("hate", 427))),
+        "test": (2970, counts(("non-hate", 1718), ("hate", 1252)))},
     **{f"tweet_eval_stance_{topic}": {split: (sum(c), dict(zip(STANCE, c))) for split, c in splits.items()}
        for topic, splits in {
-           "abortion": {"train": (159, 319, 109), "validation": (18, 36, 12), "eval": (45, 189, 46)},
-           "atheism": {"train": (105, 273, 83), "validation": (12, 31, 9), "eval": (28, 160, 32)},
-           "feminist": {"train": (113, 295, 189), "validation": (13, 33, 21), "eval": (44, 183, 58)},
-           "hillary": {"train": (160, 354, 106), "validation": (18, 39, 12), "eval": (78, 172, 45)},
+           "abortion": {"train": (159, 319, 109), "eval": (18, 36, 12), "test": (45, 189, 46)},
+           "atheism": {"train": (105, 273, 83), "eval": (12, 31, 9), "test": (28, 160, 32)},
+           "feminist": {"train": (113, 295, 189), "eval": (13, 33, 21), "test": (44, 183, 58)},
+           "hillary": {"train": (160, 354, 106), "eval": (18, 39, 12), "test": (78, 172, 45)},
            "climate": {"train": (151, 13, 191), "eval": (17, 2, 21), "test": (35, 11, 123)}}.items()},
     "tweet_eval_offensive": {"train": (11916, counts(("not offensive", 7975), ("offensive", 3941))),
                              "eval": (1324, counts(("not offensive", 865), ("offensive", 459))),
@@ -153,7 +154,7 @@ def test_raft_rows_render_all_data_columns_and_use_task_label_strings(shared_dat
 def test_directory_names_are_aliases_of_spec_names(shared_data):
     a = local_source("tweeteval_stance_feminist", str(shared_data), "eval")
     b = local_source("tweet_eval_stance_feminist", str(shared_data), "eval")
-    assert a == b and a.name == "tweet_eval_stance_feminist" and a.files[0].endswith("test_text.txt")
+    assert a == b and a.name == "tweet_eval_stance_feminist" and a.files[0].endswith("val_text.txt")
     assert a.instruction == "Read the following tweet and determine its stance on feminism."
     assert local_source("raft/overruling", str(shared_data), "eval") == local_source("raft_overruling",
                                                                                      str(shared_data), "eval")

@@ -18,7 +18,9 @@ not fetched; the points we were least sure of:
 - RAFT (ought/raft) labels are 1-based ClassLabels whose 0 = "Unlabeled" fills the test split, so RAFT
   queries come from its 50-row train split, the same rows as its exemplars: the prompt builder must never
   use a query as its own exemplar.
-- Evaluation queries use each dataset's test split (TweetEval, SUBJ); exemplars come from train.
+- Evaluation queries come from the validation split where a dataset has one, as the paper does
+  (TweetEval hate and the four stances), else from test (SetFit/subj has train / test only; RAFT: train,
+  above); exemplars come from train. The local layouts follow the spec (layouts.py).
 """
 from __future__ import annotations
 
@@ -151,9 +153,10 @@ def _eval(name: str, task_type: str, hf_path: str, hf_config: str | None, fields
           label_field: str, labels: tuple[tuple[str, ...], ...], instruction: str, *,
           titles: tuple[str, ...] | None = None, splits: dict[str, str] | None = None, first_index: int = 0,
           unlabeled: tuple[str, ...] = ()) -> DatasetSpec:
+    """An evaluation spec; queries ("eval") from the validation split unless `splits` says otherwise."""
     mapping = label_mapping(fields, label_field, titles=titles, raw_names=labels, first_index=first_index)
     return DatasetSpec(name=name, role="evaluation", task_type=task_type, hf_path=hf_path, hf_config=hf_config,
-                       splits=splits or _TEST, mapping=mapping, label_names=tuple(pair[0] for pair in labels),
+                       splits=splits or _DEV, mapping=mapping, label_names=tuple(pair[0] for pair in labels),
                        instruction=instruction, max_examples=EVAL_MAX_EXAMPLES, unlabeled=unlabeled)
 
 
@@ -253,7 +256,7 @@ def eval_specs() -> tuple[DatasetSpec, ...]:
     """The 11 held-out evaluation datasets (at most 100 queries each), with the paper's instructions."""
     return (
         _eval("subj", "subjectivity", "SetFit/subj", None, ("text",), "label", (("objective",), ("subjective",)),
-              "Is the following sentence subjective or objective?"),
+              "Is the following sentence subjective or objective?", splits=_TEST),  # no validation split
         _eval("tweet_eval_hate", "hate_speech", _TWEET_EVAL, "hate", ("text",), "label",
               (("non-hate", "not-hate"), ("hate",)),
               "Label the following tweet based on whether it contains hate speech."),

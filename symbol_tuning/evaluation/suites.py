@@ -3,7 +3,10 @@
 Built-in suites:
 - "paper": the paper's 11 held-out datasets (specs.EVAL_DATASETS), from the raw files under a data root
   (`source="local"`, layouts in data.sources.layouts), from local HF copies or the HF hub (`source="hf"`).
-  Queries are split "eval" (at most 100 each), exemplars split "train".
+  Queries are split "eval" (at most 100 each): the validation split where the dataset has one, as the
+  paper does (TweetEval hate and stances), else test (SUBJ on the hub) or the eval part of a partitioned
+  pool (SUBJ and RAFT files); each dataset's `sample` records that split and the files read. Exemplars
+  are split "train".
 - "embedded": the held-out families of our generated data (symbol_tuning.data.embedded.datasets.EVAL_FAMILIES).
 - "bigbench": BIG-Bench list_functions (LIST_FUNCTIONS_CONCEPTS, 4-shot) and simp_turing_concept
   (the subset in TURING_SUBSETS, whose inputs already hold their exemplars, restricted to programs of at
@@ -16,12 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from symbol_tuning.data.bigbench import TURING_MAX_INSTRUCTIONS
 from symbol_tuning.data.examples import ClassificationData, GenerativeData
+from symbol_tuning.data.specs import EVAL_DATASETS, EVAL_MAX_EXAMPLES, get_spec
 
 SUITES = ("paper", "embedded", "bigbench")
 PAPER_SOURCES = ("local", "hf", "tfds")
@@ -46,7 +50,9 @@ class EvalDataset:
     name: str
     queries: ClassificationData
     exemplars: ClassificationData
-    sample: dict | None = None  # how `queries` was drawn from the full split (max_queries), for the results
+    # where `queries` come from (paper suite: "split", "files") and how they were drawn (max_queries), for the
+    # results (summary["query_samples"])
+    sample: dict | None = None
 
     @property
     def num_classes(self) -> int:
@@ -133,8 +139,17 @@ def _cap(data: ClassificationData, max_queries: int | None, seed: int) -> tuple[
 
 
 def paper_dataset_names() -> list[str]:
-    from symbol_tuning.data.specs import EVAL_DATASETS
     return list(EVAL_DATASETS)
+
+
+def _local_origin(name: str, source, data_root: str) -> dict:
+    """Where a local dataset's queries come from: the source split its spec names (validation where the
+    dataset has one, as the paper does) or the eval part of a partitioned pool, and the files read."""
+    files = source.files
+    paths = list(files.values()) if isinstance(files, Mapping) else list(files) if isinstance(files, tuple) else [files]
+    split = (f"eval part of a stratified partition ({1 - source.train_fraction:.0%} of each label)"
+             if source.part else get_spec(name).source_split("eval"))
+    return {"split": split, "files": [os.path.relpath(p, data_root) for p in paths]}
 
 
 def _paper(*, data_root: str | None, source: str, datasets: Sequence[str] | None, max_queries: int | None,
@@ -151,11 +166,11 @@ def _paper(*, data_root: str | None, source: str, datasets: Sequence[str] | None
         if source == "local":
             from symbol_tuning.data.sources.layouts import local_source
             from symbol_tuning.data.sources.local_files import load_local
-            from symbol_tuning.data.specs import EVAL_MAX_EXAMPLES
 
-            queries = load_local(source=local_source(name, data_root, "eval"), split="eval",
-                                 max_examples=EVAL_MAX_EXAMPLES, seed=seed)
+            query_source = local_source(name, data_root, "eval")
+            queries = load_local(source=query_source, split="eval", max_examples=EVAL_MAX_EXAMPLES, seed=seed)
             exemplars = load_local(source=local_source(name, data_root, "train"), split="train")
+            origin = _local_origin(name, query_source, data_root)
         else:
             from symbol_tuning.data.sources.hub import load_classification
 
@@ -163,7 +178,10 @@ def _paper(*, data_root: str | None, source: str, datasets: Sequence[str] | None
             kwargs = {"path": path} if source == "hf" else {"data_dir": data_root}
             queries = load_classification(name, "eval", source=source, seed=seed, **kwargs)
             exemplars = load_classification(name, "train", source=source, seed=seed, **kwargs)
+            origin = {"split": get_spec(name).source_split("eval")}
         sampled, record = _cap(queries, max_queries, seed)
+        record = {**origin, **(record or {"drawn": len(sampled.examples),
+                                          "method": f"all, or a seeded subset of {EVAL_MAX_EXAMPLES}"})}
         out.append(EvalDataset(name=name, queries=sampled, exemplars=exemplars, sample=record))
     return EvalSuite(name="paper", datasets=tuple(out))
 

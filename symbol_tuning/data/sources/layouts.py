@@ -10,8 +10,8 @@ TweetEval sentiment train_text.txt, ...) raises FileNotFoundError naming it.
 
 Split choices (what each file is):
 - TweetEval tasks: train / val ("validation") / test ("test") files of cardiffnlp/tweeteval; "eval"
-  is the test file for the paper's evaluation sets (hate, the four stances, as in the HF specs) and
-  the val file for the others.
+  is the file of the split the dataset's spec takes its "eval" from (specs.py: validation for every
+  TweetEval spec, the paper's evaluation sets included, so the val file), the val file without a spec.
 - SUBJ, Rotten Tomatoes (MR), CR, MPQA, Financial PhraseBank (AllAgree), ADE corpus v2 (raw), MQP,
   IMDB / Yelp samples: one pool of labelled rows, deduplicated (first occurrence wins) and split by a
   deterministic stratified partition (80% of each label's rows "train", 20% "eval"; see
@@ -92,14 +92,22 @@ def _by_split(name: str, split: str, files: dict[str, str]) -> str:
     return files[split]
 
 
-# The paper's evaluation datasets take their queries ("eval") from the test file, as the HF specs do.
-_TWEETEVAL_EVAL_ON_TEST = ("tweet_eval_hate", *(f"tweet_eval_stance_{t}" for t in ("abortion", "atheism",
-                                                                                    "feminist", "hillary")))
+_TWEETEVAL_FILES = {"validation": "val", "test": "test"}
+
+
+def _spec_eval_split(name: str) -> str:
+    """The source split behind "eval" in the dataset's spec ("validation" where it has none)."""
+    from symbol_tuning.data import specs  # lazy: specs is optional for reading files
+
+    try:
+        return specs.get_spec(name).source_split("eval")
+    except KeyError:
+        return "validation"
 
 
 def _tweeteval(name: str, root: str, split: str) -> LocalSource:
     folder, labels = _TWEETEVAL[name]
-    eval_file = "test" if name in _TWEETEVAL_EVAL_ON_TEST else "val"
+    eval_file = _TWEETEVAL_FILES[_spec_eval_split(name)]
     prefix = _by_split(name, split, {"train": "train", "eval": eval_file, "validation": "val", "test": "test"})
     d = os.path.join(root, f"tweeteval_{folder}")
     files = (_need(name, os.path.join(d, f"{prefix}_text.txt")), _need(name, os.path.join(d, f"{prefix}_labels.txt")))
