@@ -132,17 +132,48 @@ def test_mixture_file_names_a_registered_mixture(mixture_file):
     assert name.endswith(f"_{rate}")
 
 
-def test_symbol_tune_run_has_the_paper_hyperparameters():
-    _bind(["models/flan_t5_xl.gin", "runs/symbol_tune.gin", "mixtures/symbol_rate_16.gin"], REQUIRED)
-    assert _query("train.batch_size") == 32
-    assert _query("train.train_steps") == 4000
-    assert _query("train.feature_lengths") == {"inputs": 2048, "targets": 512}
-    assert _query("train.pack") is True
-    assert gin.query_parameter("optimizers.make_optimizer.name") == "adafactor"
+def _paper_hyperparameters() -> dict:
     schedule = _query("train.learning_rate_fn")
-    assert [float(schedule(s)) for s in (0, 1000, 3999)] == pytest.approx([3e-3] * 3)
-    assert _query("train.model_dir") == "/tmp/unused"
-    assert _query("train.mixture_or_task_name") == "mix:symbol_16"
+    return {"batch": _query("train.batch_size"), "steps": _query("train.train_steps"),
+            "lengths": _query("train.feature_lengths"), "pack": _query("train.pack"),
+            "optimizer": gin.query_parameter("optimizers.make_optimizer.name"),
+            "lr": [float(schedule(s)) for s in (0, 1000, 3999)], "model_dir": _query("train.model_dir")}
+
+
+PAPER_HYPERPARAMETERS = {"batch": 32, "steps": 4000, "lengths": {"inputs": 2048, "targets": 512}, "pack": True,
+                         "optimizer": "adafactor", "lr": pytest.approx([3e-3] * 3), "model_dir": "/tmp/unused"}
+
+
+def test_symbol_tune_run_is_table_1_symbol_data_only_with_the_paper_hyperparameters():
+    import symbol_tuning.tasks  # noqa: F401 -- registers the mixtures
+    from symbol_tuning.data.specs import TUNING_DATASETS
+    from symbol_tuning.data.task_registry import MixtureRegistry
+
+    _bind(["models/flan_t5_xl.gin", "runs/symbol_tune.gin"], REQUIRED)
+    assert _paper_hyperparameters() == PAPER_HYPERPARAMETERS
+    name = _query("train.mixture_or_task_name")
+    assert name == "mix:symbol_100"
+    tasks = {task.name: rate for task, rate in MixtureRegistry.get(name).leaf_rates()}
+    assert sorted(tasks) == sorted(f"symbol_tuning:{d}" for d in TUNING_DATASETS)  # no instruction data
+    assert sum(tasks.values()) == pytest.approx(1.0)
+    header = (GIN_DIR / "runs" / "symbol_tune.gin").read_text().splitlines()
+    assert "--gin_file=mixtures/" not in header[0] and "Table-1 setting" in " ".join(header[:3])
+
+
+def test_mix_ablation_run_trains_the_symbol_rate_grid_with_the_same_hyperparameters():
+    from symbol_tuning.tasks.mixtures import SYMBOL_RATES
+
+    first = (GIN_DIR / "runs" / "symbol_tune_mix_ablation.gin").read_text().splitlines()[0]
+    rates = first.split("for r in ", 1)[1].split(";", 1)[0].split()
+    assert [int(r) for r in rates] == list(SYMBOL_RATES)
+    assert "--gin_file=runs/symbol_tune_mix_ablation.gin --gin_file=mixtures/symbol_rate_$r.gin" in first
+    for rate in rates:
+        _bind(["models/flan_t5_xl.gin", "runs/symbol_tune_mix_ablation.gin", f"mixtures/symbol_rate_{rate}.gin"],
+              REQUIRED)
+        assert _paper_hyperparameters() == PAPER_HYPERPARAMETERS
+        assert _query("train.mixture_or_task_name") == f"mix:symbol_{rate}"
+    with pytest.raises(gin_utils.GinConfigError, match="MIXTURE_OR_TASK_NAME"):
+        _bind(["models/flan_t5_xl.gin", "runs/symbol_tune_mix_ablation.gin"], REQUIRED)
 
 
 def test_540b_run_overrides_learning_rate_and_steps():
@@ -174,4 +205,4 @@ def test_run_file_without_its_required_macros_fails_naming_them():
         _bind(["models/flan_t5_small.gin", "runs/symbol_tune.gin", "mixtures/symbol_rate_16.gin"],
               ["VOCABULARY = 'bytes'"])
     with pytest.raises(gin_utils.GinConfigError, match="MIXTURE_OR_TASK_NAME"):
-        _bind(["models/flan_t5_small.gin", "runs/symbol_tune.gin"], REQUIRED)
+        _bind(["models/flan_t5_small.gin", "runs/symbol_tune_mix_ablation.gin"], REQUIRED)
