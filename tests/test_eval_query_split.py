@@ -40,3 +40,14 @@ def test_partitioned_datasets_record_their_eval_part(shared_data):
                                  max_queries=4).datasets
     assert subj.sample["split"].startswith("eval part of a stratified partition (20%")
     assert subj.sample["files"] == ["subj/subj.objective", "subj/subj.subjective"] and subj.sample["drawn"] == 4
+
+
+def test_validation_queries_reproduce_the_papers_704_evaluation_examples(shared_data):
+    """The paper evaluates 704 examples over the 11 datasets: SUBJ 100, TweetEval hate 100 (capped), the four
+    stance validation sets 66 + 52 + 67 + 69, and RAFT's 5 x 50 labelled rows. The test files would give 850."""
+    suite = suites.build_suite("paper", data_root=str(shared_data), source="local", datasets=["subj", *TWEETEVAL])
+    counts = {d.name: len(d.queries.examples) for d in suite.datasets}
+    assert counts == {"subj": 100, "tweet_eval_hate": 100, "tweet_eval_stance_abortion": 66,
+                      "tweet_eval_stance_atheism": 52, "tweet_eval_stance_feminist": 67,
+                      "tweet_eval_stance_hillary": 69}
+    assert sum(counts.values()) + 5 * 50 == 704
