@@ -363,6 +363,28 @@ def test_budget_raises_prompt_too_long_with_dataset_index_and_lengths():
     assert issubclass(PromptTooLongError, ValueError) and prompt.num_exemplars > 3
 
 
+def test_every_exemplar_placement_puts_the_instruction_before_each_exemplar_and_the_query():
+    queries = make_data("topics", per_class=4, instruction=INSTRUCTION, split="validation")
+    exemplars = make_data("topics", per_class=6, instruction=INSTRUCTION)
+    for setting in SETTINGS:
+        head = build_eval_prompt(queries, exemplars, setting=setting, seed=2, index=1, k_per_class=2)
+        every = build_eval_prompt(queries, exemplars, setting=setting, seed=2, index=1, k_per_class=2,
+                                  instruction_placement="every_exemplar")
+        assert (every.exemplar_indices, every.options, every.format_name) == (head.exemplar_indices, head.options,
+                                                                              head.format_name)
+        if "instr" not in setting:
+            assert every.inputs == head.inputs and INSTRUCTION not in head.inputs
+            continue
+        blocks = every.inputs.split("\n\n")
+        assert head.inputs.count(INSTRUCTION) == 1 and head.inputs.startswith(INSTRUCTION + "\n\n")
+        assert every.inputs.count(INSTRUCTION) == len(blocks) == head.num_exemplars + 1 == 7
+        assert all(b.startswith(INSTRUCTION + "\n") for b in blocks)
+        assert [b[len(INSTRUCTION) + 1:] for b in blocks] == head.inputs.split("\n\n")[1:]
+    with pytest.raises(ValueError, match="instruction_placement: unknown instruction placement 'footer'; "
+                                         "allowed: header, every_exemplar"):
+        build_eval_prompt(queries, exemplars, setting="instr_only", seed=2, index=1, instruction_placement="footer")
+
+
 def test_generative_prompt_shows_other_examples_then_the_query():
     data = GenerativeData("list_fn_c001", "train", tuple(TextPair(f"[{i}, {i + 1}]", f"[{i + 1}]") for i in range(6)))
     prompt = build_generative_prompt(data, seed=0, index=2, shots=4)
