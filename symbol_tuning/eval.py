@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import gin
 
 from symbol_tuning import gin_utils
+from symbol_tuning.data.prompts import INSTRUCTION_PLACEMENTS, check_instruction_placement
 from symbol_tuning.evaluation.evaluator import EvalOptions
 from symbol_tuning.models.safetensors_io import CheckpointMismatchError
 from symbol_tuning.training import distributed
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_queries", type=_positive("--max_queries"), default=None, help="queries per dataset")
     p.add_argument("--batch_size", type=_positive("--batch_size"), default=EvalOptions.batch_size)
     p.add_argument("--seed", type=int, default=EvalOptions.seed)
+    p.add_argument("--instruction_placement", choices=INSTRUCTION_PLACEMENTS, default=EvalOptions.instruction_placement,
+                   help="instruction once before the exemplars (header) or before every exemplar and the query "
+                        "(every_exemplar, the paper's Figure 1); instruction settings only")
     p.add_argument("--model_config", default=None, help="native-style config.json the checkpoint must match")
     p.add_argument("--allow_empty_datasets", action="store_true",
                    help="report a dataset with no queries as missing in the tables instead of failing")
@@ -99,7 +103,8 @@ def run(args: argparse.Namespace) -> None:
     options = EvalOptions(settings=args.settings, seed=args.seed, k_per_class=args.k_per_class,
                           max_input_length=args.max_input_length, batch_size=args.batch_size,
                           min_prompt_bucket=args.min_prompt_bucket,
-                          allow_empty_datasets=args.allow_empty_datasets)
+                          allow_empty_datasets=args.allow_empty_datasets,
+                          instruction_placement=args.instruction_placement)
     suite = build_suite(args.suite, data_root=args.data_root, source=args.source, datasets=args.datasets,
                         max_queries=args.max_queries, seed=args.seed, concepts=args.concepts)
     vocabulary = get_vocabulary(args.vocabulary)
@@ -130,14 +135,15 @@ def flags(*, checkpoint: str | None = None, step: int | None = None, all_steps: 
           max_input_length: int | None = None, min_prompt_bucket: int | None = None,
           max_queries: int | None = None, batch_size: int | None = None, seed: int | None = None,
           model_config: str | None = None, output_dir: str | None = None, label: str | None = None,
-          allow_empty_datasets: bool | None = None) -> dict[str, Any]:
+          allow_empty_datasets: bool | None = None, instruction_placement: str | None = None) -> dict[str, Any]:
     """The eval flags as gin bindings (`evaluate.flags.suite = 'paper'`, see gin_configs/runs/eval.gin);
     flags given on the command line win over the config."""
     values = dict(checkpoint=checkpoint, step=step, all_steps=all_steps, suite=suite, data_root=data_root,
                   source=source, datasets=datasets, settings=settings, concepts=concepts, k_per_class=k_per_class,
                   vocabulary=vocabulary, max_input_length=max_input_length, min_prompt_bucket=min_prompt_bucket,
                   max_queries=max_queries, batch_size=batch_size, seed=seed, model_config=model_config,
-                  output_dir=output_dir, label=label, allow_empty_datasets=allow_empty_datasets)
+                  output_dir=output_dir, label=label, allow_empty_datasets=allow_empty_datasets,
+                  instruction_placement=instruction_placement)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None}
 
 
@@ -149,6 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
     if args.checkpoint is None:
         parser.error("--checkpoint is required (a flag, or evaluate.flags.checkpoint / CHECKPOINT in a gin file)")
+    try:  # a gin-bound value skips argparse's choices
+        check_instruction_placement(args.instruction_placement,
+                                    what="--instruction_placement (evaluate.flags.instruction_placement)")
+    except ValueError as e:
+        parser.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from symbol_tuning.training.console import quiet_libraries
 

@@ -9,6 +9,9 @@ cell by cell, ending in the paper's Table 1 and plots.
                                "tuned": "/runs/st_xl", "steps": [1000, 2000, 4000],
                                "model_config": "/ckpt/flan_t5_xl/config.json"}}}
 
+"instruction_placement" ("header", the default, or "every_exemplar": the paper's Figure 1) applies to the
+whole sweep and is recorded in every cell.
+
 A cell is (model, variant, step, setting, k). Each finished cell is appended as one whole line (and
 fsynced) to DIR/results.jsonl under its key, with what it measured (checkpoint step + content hash,
 suite and settings: evaluation.sweep_records); a restarted sweep runs only the cells that are missing
@@ -39,7 +42,7 @@ log = logging.getLogger(__name__)
 VARIANTS = ("baseline", "tuned")
 RESULTS = "results.jsonl"
 _RUN_KEYS = ("suite", "data_root", "source", "datasets", "concepts", "settings", "k_per_class", "max_queries",
-             "max_input_length", "min_prompt_bucket", "batch_size", "seed", "models")
+             "max_input_length", "min_prompt_bucket", "batch_size", "seed", "instruction_placement", "models")
 _MODEL_KEYS = ("vocabulary", "baseline", "tuned", "steps", "baseline_steps", "model_config")
 
 
@@ -102,6 +105,10 @@ def check_spec(spec: Any, *, source: str = "sweep spec") -> dict[str, Any]:
     spec = dict(spec)
     if spec.get("settings") is not None:
         spec["settings"] = list(check_settings(spec["settings"]))
+    if spec.get("instruction_placement") is not None:
+        from symbol_tuning.data.prompts import check_instruction_placement
+
+        check_instruction_placement(spec["instruction_placement"], what=f"{source}: instruction_placement")
     ks = spec.get("k_per_class", [EvalOptions.k_per_class])
     ks = [ks] if isinstance(ks, int) else list(ks)
     if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
@@ -144,7 +151,8 @@ def _cell_result(cell: Cell, loaded, suite, vocabulary, spec: Mapping[str, Any],
                           seed=spec.get("seed", defaults.seed), k_per_class=cell.k_per_class,
                           max_input_length=spec.get("max_input_length", defaults.max_input_length),
                           batch_size=spec.get("batch_size", defaults.batch_size),
-                          min_prompt_bucket=spec.get("min_prompt_bucket", defaults.min_prompt_bucket))
+                          min_prompt_bucket=spec.get("min_prompt_bucket", defaults.min_prompt_bucket),
+                          instruction_placement=spec.get("instruction_placement") or defaults.instruction_placement)
     if cell.setting == GENERATIVE:
         summary = evaluate(loaded.model, loaded.params, EvalSuite(suite.name, generative=suite.generative),
                            vocabulary=vocabulary, options=options, mesh=mesh).summary
@@ -155,8 +163,13 @@ def _cell_result(cell: Cell, loaded, suite, vocabulary, spec: Mapping[str, Any],
         per, acc = summary["accuracy"].get(cell.setting, {}), summary["average"].get(cell.setting)
         if acc is None:
             raise ValueError(f"cell {cell.key}: no dataset of suite {suite.name!r} applies to setting {cell.setting!r}")
-    return {"key": cell.key, **dataclasses.asdict(cell), "accuracy": acc, "per_dataset": per,
-            "chance": 0.5 if cell.setting == "flipped" else summary.get("chance")}
+    out = {"key": cell.key, **dataclasses.asdict(cell), "accuracy": acc, "per_dataset": per,
+           "chance": 0.5 if cell.setting == "flipped" else summary.get("chance"),
+           "instruction_placement": options.instruction_placement}
+    if cell.setting != GENERATIVE and "average_length_normalized" in summary:
+        out["accuracy_length_normalized"] = summary["average_length_normalized"].get(cell.setting)
+        out["per_dataset_length_normalized"] = summary["accuracy_length_normalized"].get(cell.setting, {})
+    return out
 
 
 def run_sweep(spec: Mapping[str, Any], output_dir: str, *, after_cell: Callable[[dict], None] | None = None,
@@ -241,7 +254,8 @@ def write_reports(records: Sequence[Mapping[str, Any]], output_dir: str) -> None
 
     if not reporting.is_process_zero() or not records:
         return
-    columns = ["key", "model", "variant", "step", "setting", "k_per_class", "accuracy", "chance", "checkpoint"]
+    columns = ["key", "model", "variant", "step", "setting", "k_per_class", "instruction_placement", "accuracy",
+               "accuracy_length_normalized", "chance", "checkpoint"]
     reporting.write_csv(os.path.join(output_dir, "results.csv"), records, columns)
     settings = list(dict.fromkeys(r["setting"] for r in records))
     tables, bars = [], []
@@ -270,11 +284,12 @@ def write_reports(records: Sequence[Mapping[str, Any]], output_dir: str) -> None
 
 @gin.configurable(module="sweep")
 def flags(*, config: str | None = None, output_dir: str | None = None, data_root: str | None = None,
-          k_per_class: str | None = None, settings: str | None = None) -> dict[str, Any]:
+          k_per_class: str | None = None, settings: str | None = None,
+          instruction_placement: str | None = None) -> dict[str, Any]:
     """The sweep flags as gin bindings (`sweep.flags.config = '...'`, see gin_configs/runs/sweep.gin);
     flags given on the command line win over the config."""
     values = dict(config=config, output_dir=output_dir, data_root=data_root, k_per_class=k_per_class,
-                  settings=settings)
+                  settings=settings, instruction_placement=instruction_placement)
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -282,11 +297,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = gin_utils.FlagParser(prog="symbol_tuning.sweep", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     gin_utils.add_gin_flags(parser)
+    from symbol_tuning.data.prompts import INSTRUCTION_PLACEMENTS
+
     parser.add_argument("--config", default=None, help="sweep spec (.json, .yaml or .yml) (required)")
     parser.add_argument("--output_dir", default=None, help="results.jsonl, results.csv, table.md and plots (required)")
     parser.add_argument("--data_root", default=None, help="override the spec's data_root")
     parser.add_argument("--k_per_class", default=None, help="override: comma-separated k values")
     parser.add_argument("--settings", default=None, help="override: comma-separated settings")
+    parser.add_argument("--instruction_placement", default=None, choices=INSTRUCTION_PLACEMENTS,
+                        help="override: the instruction once before the exemplars (header, the default) or before "
+                             "every exemplar and the query (every_exemplar, the paper's Figure 1)")
     from symbol_tuning.training import distributed
 
     distributed.add_flags(parser)
@@ -298,6 +318,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag in ("config", "output_dir"):
         if getattr(args, flag) is None:
             parser.error(f"--{flag} is required (a flag, or sweep.flags.{flag} in a gin file)")
+    if args.instruction_placement is not None:  # a gin-bound value skips argparse's choices
+        from symbol_tuning.data.prompts import check_instruction_placement
+
+        try:
+            check_instruction_placement(args.instruction_placement,
+                                        what="--instruction_placement (sweep.flags.instruction_placement)")
+        except ValueError as e:
+            parser.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from symbol_tuning.training.console import quiet_libraries
 
@@ -318,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  f"{args.k_per_class!r}") from None
         if args.settings:
             spec["settings"] = [s.strip() for s in args.settings.split(",") if s.strip()]
+        if args.instruction_placement:
+            spec["instruction_placement"] = args.instruction_placement
         mesh, rules = distributed.evaluation_mesh()
         run_sweep(spec, args.output_dir, mesh=mesh, rules=rules)
     except (ValueError, KeyError, FileNotFoundError, DamagedCheckpointError) as e:

@@ -141,7 +141,8 @@ def _validate_data(stream: Any, model_dir: str) -> bool:
     if sampler is None or budget is None:
         return False
     reports, changed = validation.validate_run([t.name for t in sampler.tasks],
-                                               max_input_length=budget.max_input_length, length_fn=budget.length_fn)
+                                               max_input_length=budget.max_input_length, length_fn=budget.length_fn,
+                                               seed=getattr(stream, "seed", 0))
     if reports and jax.process_index() == 0:
         from symbol_tuning.training import storage
 

@@ -152,6 +152,82 @@ def test_raw_scores_equal_causal_log_likelihoods_of_the_decoder_only_model(suite
         assert score == pytest.approx(sum(logp[row, start - 1 + j, t] for j, t in enumerate(opt)), abs=2e-3)
 
 
+def test_length_normalized_scores_equal_numpy_mean_log_likelihoods_for_options_of_unequal_length(t5, t5_result,
+                                                                                                   suite):
+    model, params = t5
+    vocab = get_vocabulary("bytes")
+    by_name = {d.name: d for d in suite.datasets}
+    records = [r for r in t5_result.records if r["setting"] == "labels_only"]
+    encs, targets = [], []
+    for record in records:
+        d = by_name[record["dataset"]]
+        prompt = build_eval_prompt(d.queries, d.exemplars, setting="labels_only", seed=3, index=record["index"],
+                                   k_per_class=1, max_input_length=MAX_LEN - 1)
+        for option in prompt.options:
+            encs.append(vocab.encode(prompt.inputs) + [vocab.eos_id])
+            targets.append(vocab.encode(option) + [vocab.eos_id])
+    batch = {"encoder_input_tokens": _padded(encs, MAX_LEN),
+             "decoder_input_tokens": _padded([[0] + t[:-1] for t in targets], 16)}
+    logp = _log_softmax(jax.jit(model.compute_logits)(params, batch))
+    means = [np.mean([logp[row, i, t] for i, t in enumerate(target)]) for row, target in enumerate(targets)]
+    at, disagree, unequal = 0, 0, 0
+    for record in records:
+        k = record["num_classes"]
+        mine, lengths = np.asarray(means[at:at + k]), [len(t) for t in targets[at:at + k]]
+        at += k
+        assert record["option_lengths"] == lengths
+        unequal += len(set(lengths)) > 1
+        np.testing.assert_allclose(record["scores_length_normalized"], mine, atol=2e-4)
+        assert record["prediction_length_normalized"] == int(np.argmax(mine))
+        assert record["correct_length_normalized"] == (int(np.argmax(mine)) == record["answer"])
+        disagree += record["prediction_length_normalized"] != record["prediction"]
+    assert unequal >= 4  # stance_on_cats: " favor", " against", " none"
+    summary = t5_result.summary
+    for setting in evaluation.EVAL_SETTINGS:
+        per = {}
+        for d in suite.datasets:
+            mine = [r["correct_length_normalized"] for r in t5_result.records
+                    if r["setting"] == setting and r["dataset"] == d.name]
+            if mine:
+                per[d.name] = float(np.mean(mine))
+                assert summary["accuracy_length_normalized"][setting][d.name] == pytest.approx(per[d.name])
+        assert summary["average_length_normalized"][setting] == pytest.approx(np.mean(list(per.values())))
+    assert summary["average"]["labels_only"] == pytest.approx(  # the summed accuracy stays the headline
+        np.mean([np.mean([r["correct"] for r in records if r["dataset"] == d.name]) for d in suite.datasets]))
+    print(f"length normalisation changed {disagree} of {len(records)} labels_only predictions")
+
+
+def test_instruction_placement_is_recorded_in_records_summary_and_csv_and_changes_only_instruction_prompts(
+        t5, t5_result, suite, tmp_path):
+    model, params = t5
+    opts = dict(OPTS, max_input_length=2 * MAX_LEN, min_prompt_bucket=2 * MAX_LEN)  # the longer prompts fit
+    every = evaluation.evaluate(model, params, suite, vocabulary=get_vocabulary("bytes"),
+                                options=EvalOptions(settings=["instr_labels", "neither"],
+                                                    instruction_placement="every_exemplar", **opts))
+    assert {r["instruction_placement"] for r in every.records} == {"every_exemplar"}
+    assert {r["instruction_placement"] for r in t5_result.records} == {"header"}
+    assert every.summary["instruction_placement"] == "every_exemplar" and t5_result.summary["instruction_placement"] \
+        == "header"
+    header = {(r["setting"], r["dataset"], r["index"]): r["scores"] for r in t5_result.records}
+    for r in every.records:
+        same = np.allclose(r["scores"], header[(r["setting"], r["dataset"], r["index"])], atol=1e-4)
+        assert same == (r["setting"] == "neither"), r  # no instruction in `neither`: the same prompt
+    reporting.write_step_results(str(tmp_path), step=None, records=every.records, summary=every.summary)
+    reporting.write_overview(str(tmp_path), {None: every.summary})
+    import csv
+
+    for name in ("final/summary.csv", "results.csv"):
+        with open(tmp_path / name) as f:
+            rows = list(csv.DictReader(f))
+        assert {r["instruction_placement"] for r in rows} == {"every_exemplar"}
+        averages = [r for r in rows if r.get("dataset", "average") == "average"]
+        assert {r["setting"]: float(r["accuracy_length_normalized"]) for r in averages} == pytest.approx(
+            every.summary["average_length_normalized"])
+    with pytest.raises(ValueError, match="instruction_placement: unknown instruction placement 'footer'; allowed: "
+                                         "header, every_exemplar"):
+        EvalOptions(instruction_placement="footer")
+
+
 class _EchoModel:
     """A stand-in encoder-decoder whose 'generation' is its own prompt: exact match holds iff target == input."""
 

@@ -254,8 +254,12 @@ def test_different_indices_and_seeds_give_different_prompts():
 def test_budget_drops_exemplars_from_the_largest_class_and_keeps_the_query_whole():
     examples = tuple(Example(f"sentence {i} " + "word " * 10, i % 3) for i in range(60))
     data = ClassificationData("budget", "train", examples, ("a", "b", "c"))
-    for index in range(30):
+    checked = 0
+    for index in range(60):
         full = build_tuning_prompt(data, seed=0, index=index, max_input_length=10**9)
+        if full.num_exemplars < 15:  # k < 5: two thirds of the length would not keep 2 per class
+            continue
+        checked += 1
         limit = utf8_length(full.inputs) * 2 // 3
         cut = build_tuning_prompt(data, seed=0, index=index, max_input_length=limit)
         assert utf8_length(cut.inputs) <= limit
@@ -264,10 +268,83 @@ def test_budget_drops_exemplars_from_the_largest_class_and_keeps_the_query_whole
         assert cut.inputs.endswith(HAND_FORMATS[cut.format_name][0] + query + HAND_FORMATS[cut.format_name][1][:-1])
         assert set(cut.exemplar_indices) <= set(full.exemplar_indices)
         before, after = collections.Counter(full.exemplar_labels), collections.Counter(cut.exemplar_labels)
-        assert min(after[c] for c in range(3)) >= 1
+        assert min(after[c] for c in range(3)) >= 2
         for c in range(3):
             if after[c] < before[c]:
                 assert after[c] >= max(after.values()) - 1, (before, after)
+    assert checked >= 20
+
+
+def test_tuning_prompt_draws_one_k_per_prompt_and_shows_it_for_every_class():
+    data = make_data("topics", per_class=20)
+    ks = collections.Counter()
+    for index in range(200):
+        prompt = build_tuning_prompt(data, seed=2, index=index, max_input_length=10**9)
+        counts = collections.Counter(prompt.exemplar_labels)
+        assert sorted(counts) == [0, 1, 2] and len(set(counts.values())) == 1, counts
+        ks[counts[0]] += 1
+    assert sorted(ks) == list(range(2, 11)) and min(ks.values()) >= 8, ks  # every k in 2..10, about uniformly
+    fixed = build_tuning_prompt(data, seed=2, index=0, min_per_class=4, max_per_class=4, max_input_length=10**9)
+    assert collections.Counter(fixed.exemplar_labels) == {0: 4, 1: 4, 2: 4}
+
+
+def _pieces(prompt):
+    """(exemplar blocks with their classes, query block) of a prompt without instruction, split from its text."""
+    blocks = prompt.inputs.split("\n\n")
+    return list(zip(prompt.exemplar_labels, blocks[:-1])), blocks[-1]
+
+
+def test_length_fitting_keeps_two_exemplars_per_class_or_refuses_the_prompt():
+    examples = tuple(Example(f"s{i} " + "word " * (1 + (7 * i) % 13), i % 3) for i in range(60))
+    data = ClassificationData("fit", "train", examples, ("a", "b", "c"))
+    outcomes = collections.Counter()
+    for index in range(30):
+        full = build_tuning_prompt(data, seed=1, index=index, max_input_length=10**9)
+        blocks, query = _pieces(full)  # fitting only removes blocks from these (drawn before fitting)
+        per_class = [sorted(len(b) for c, b in blocks if c == label) for label in range(3)]
+        shortest = sum(sum(lengths[:2]) for lengths in per_class) + len(query) + 2 * 6
+        longest = sum(sum(lengths[-2:]) for lengths in per_class) + len(query) + 2 * 6
+        for limit in (shortest - 1, longest, (shortest + utf8_length(full.inputs)) // 2):
+            try:
+                cut = build_tuning_prompt(data, seed=1, index=index, max_input_length=limit)
+            except PromptTooLongError as e:
+                assert "fitting keeps 2 per class" in str(e) and limit < longest, (limit, shortest, longest)
+                outcomes["refused"] += 1
+                continue
+            assert limit >= shortest and utf8_length(cut.inputs) <= limit
+            assert min(collections.Counter(cut.exemplar_labels).values()) >= 2, cut.exemplar_labels
+            outcomes["fitted"] += 1
+    assert outcomes["refused"] >= 30 and outcomes["fitted"] >= 30, outcomes
+
+
+def test_symbol_task_counts_a_dropped_prompt_and_redraws_the_next_query(caplog):
+    from symbol_tuning.data.prompts import _visit_order
+    from symbol_tuning.data.task_builders import MAX_REDRAWS, symbol_task
+    from symbol_tuning.data.task_registry import PromptBudget
+
+    examples = tuple(Example(f"short {i:02d}", i % 2) for i in range(12)) + (Example("long " * 60, 0),)
+    data = ClassificationData("drops", "train", examples, ("a", "b"))
+    task = symbol_task("symbol_tuning:drops", lambda: data, check_eval=False)
+    budget = PromptBudget(max_input_length=250)
+    order, n = _visit_order(data, 5), len(examples)
+    attempts = 0
+    for index in range(n):
+        out = task.example(index, 5, budget)
+        assert utf8_length(out["inputs"]) <= 250
+        query = out["inputs"].split("\n\n")[-1]
+        shown = next(a for a in range(n) if data.examples[order[(index + a) % n]].text in query)
+        assert shown >= (1 if order[index] == 12 else 0)  # the 300-byte row never fits as a query: redrawn
+        attempts += shown  # a redraw's query is the next one in visit order
+    drops = task.metadata["prompt_drops"]
+    assert drops.snapshot() == (attempts, n) and attempts >= 1
+    caplog.clear()
+    with pytest.raises(PromptTooLongError, match=f"symbol task 'symbol_tuning:drops': the prompt at index 0 and its "
+                                                 f"{MAX_REDRAWS} redraws were all dropped.*'drops'"):
+        task.example(0, 5, PromptBudget(max_input_length=20))
+    assert drops.snapshot()[0] == attempts + MAX_REDRAWS + 1
+    warned = [r.getMessage() for r in caplog.records if "prompts dropped so far" in r.getMessage()]
+    expected = [c for c in range(attempts + 1, attempts + MAX_REDRAWS + 2) if c in (1, 10, 100)]
+    assert expected and len(warned) == len(expected) and all("dataset drops" in w for w in warned), warned
 
 
 def test_budget_rechecks_the_assembled_length_for_non_additive_length_functions():
@@ -284,6 +361,28 @@ def test_budget_raises_prompt_too_long_with_dataset_index_and_lengths():
     with pytest.raises(PromptTooLongError, match=r"'topics' index 4: prompt is \d+ long .* max_input_length=100"):
         build_tuning_prompt(data, seed=0, index=4, max_input_length=100)
     assert issubclass(PromptTooLongError, ValueError) and prompt.num_exemplars > 3
+
+
+def test_every_exemplar_placement_puts_the_instruction_before_each_exemplar_and_the_query():
+    queries = make_data("topics", per_class=4, instruction=INSTRUCTION, split="validation")
+    exemplars = make_data("topics", per_class=6, instruction=INSTRUCTION)
+    for setting in SETTINGS:
+        head = build_eval_prompt(queries, exemplars, setting=setting, seed=2, index=1, k_per_class=2)
+        every = build_eval_prompt(queries, exemplars, setting=setting, seed=2, index=1, k_per_class=2,
+                                  instruction_placement="every_exemplar")
+        assert (every.exemplar_indices, every.options, every.format_name) == (head.exemplar_indices, head.options,
+                                                                              head.format_name)
+        if "instr" not in setting:
+            assert every.inputs == head.inputs and INSTRUCTION not in head.inputs
+            continue
+        blocks = every.inputs.split("\n\n")
+        assert head.inputs.count(INSTRUCTION) == 1 and head.inputs.startswith(INSTRUCTION + "\n\n")
+        assert every.inputs.count(INSTRUCTION) == len(blocks) == head.num_exemplars + 1 == 7
+        assert all(b.startswith(INSTRUCTION + "\n") for b in blocks)
+        assert [b[len(INSTRUCTION) + 1:] for b in blocks] == head.inputs.split("\n\n")[1:]
+    with pytest.raises(ValueError, match="instruction_placement: unknown instruction placement 'footer'; "
+                                         "allowed: header, every_exemplar"):
+        build_eval_prompt(queries, exemplars, setting="instr_only", seed=2, index=1, instruction_placement="footer")
 
 
 def test_generative_prompt_shows_other_examples_then_the_query():

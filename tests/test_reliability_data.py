@@ -1,6 +1,7 @@
-"""Reliability of input data: an empty file names the file; a prompt that cannot fit even with one exemplar per
+"""Reliability of input data: an empty file names the file; a prompt that cannot fit even with two exemplars per
 class and a class with no rows are found at run start in one pass (named, before any step), and with
-skip_bad_rows the long rows are dropped, counted and saved in MODEL_DIR/data_validation.json; a non-UTF-8
+skip_bad_rows the long rows are dropped, counted and saved in MODEL_DIR/data_validation.json, as are the
+prompts that length fitting dropped among the first ones built; a non-UTF-8
 byte in a .json source is an error naming the file and line, never a silent U+FFFD."""
 import json
 import os
@@ -43,24 +44,55 @@ def test_a_class_with_no_rows_is_found_in_one_pass_naming_the_class_and_file():
                                         skip_bad_rows=True)
 
 
-def test_a_row_flagged_as_unfittable_never_fits_in_a_real_prompt_whatever_the_seed():
+@pytest.mark.parametrize("min_per_class,limit,expected", [
+    (1, 100, [2, 4]),  # 200 + 5 + 8 and 95 + 5 + 8, less 3 joins, are over 100; 30 + 5 + 8 is not
+    (2, 200, [2, 3, 5]),  # class 1 has 3 rows, one of 200: every class-1 query shows it, as does row 2's own
+])
+def test_a_row_flagged_as_unfittable_never_fits_in_a_real_prompt_whatever_the_seed(min_per_class, limit, expected):
     from symbol_tuning.data.prompts import PromptTooLongError, _visit_order, build_tuning_prompt
 
     texts = [("a" * 30, 0), ("b" * 5, 0), ("c" * 200, 1), ("d" * 12, 1), ("e" * 95, 0), ("f" * 8, 1)]
     data = ClassificationData("x", "train", tuple(Example(t, y) for t, y in texts), ("p", "q"))
-    limit = 100
-    bad = dict(validation.rows_that_cannot_fit(data, max_input_length=limit, length_fn=len))
-    assert sorted(bad) == [2, 4]  # 200 + 5 + 8 and 95 + 5 + 8, less 3 joins, are over 100; 30 + 5 + 8 is not
+    bad = dict(validation.rows_that_cannot_fit(data, max_input_length=limit, length_fn=len,
+                                               min_per_class=min_per_class))
+    assert sorted(bad) == expected
     built = set()
     for seed in range(8):
         order = _visit_order(data, seed)
         for index in range(len(texts)):
             try:
-                build_tuning_prompt(data, seed=seed, index=index, max_input_length=limit, length_fn=len)
+                build_tuning_prompt(data, seed=seed, index=index, max_input_length=limit, length_fn=len,
+                                    min_per_class=min_per_class)
                 built.add(order[index])
             except PromptTooLongError:
                 continue
     assert not built & set(bad) and built  # sound: no flagged row ever fits; some rows do
+
+
+def test_run_start_check_counts_dropped_prompts_into_the_report_with_one_warning(caplog):
+    from symbol_tuning.data.task_builders import symbol_task
+    from symbol_tuning.data.task_registry import TaskRegistry
+
+    # 200 + 4 * 6 - 5 is under the row bound (250), but no real prompt around it as the query fits 250 bytes
+    examples = tuple(Example(f"row {i:02d}", i % 2) for i in range(20)) + (Example("long " * 40, 1),)
+    data = ClassificationData("local/drops", "train", examples, ("a", "b"))
+    name = "symbol_tuning:local.drops_check"
+    TaskRegistry.add(symbol_task(name, lambda: data, num_examples=len(examples), check_eval=False), overwrite=True)
+    try:
+        validation.note_tuning_data(name, data, files=["/d/drops.tsv"], skip_bad_rows=True,
+                                    rebuild=lambda cleaned: pytest.fail("no row is over the bound"))
+        caplog.clear()
+        (report,), changed = validation.validate_run([name], max_input_length=250, length_fn=len, seed=7,
+                                                     check_prompts=300)
+        assert not changed and report.checked_prompts == len(examples) and report.dropped_prompts >= 1
+        warned = [r.getMessage() for r in caplog.records if "prompts (seed 7) were dropped" in r.getMessage()]
+        assert warned == [f"local/drops: {report.dropped_prompts} of the first 21 symbol-tuning prompts (seed 7) were "
+                          "dropped and redrawn: they cannot keep 2 exemplars per class within max_input_length=250"]
+        assert TaskRegistry.get(name).metadata["prompt_drops"].snapshot() == (0, 0)  # the stream counts afresh
+    finally:
+        TaskRegistry.remove(name)
+        with validation._LOCK:
+            validation._NOTED.pop(name, None)
 
 
 def _cli(model_dir, root, *extra):

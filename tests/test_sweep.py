@@ -126,3 +126,18 @@ def test_yaml_and_json_sweep_configs_load_to_the_same_spec(tmp_path):
     (tmp_path / "t.json").write_text('{"models": {\n "m": }')
     with pytest.raises(ValueError, match="t.json:2: not valid JSON"):
         sweep.load_spec(str(tmp_path / "t.json"))
+
+
+def test_instruction_placement_is_recorded_per_cell_and_a_changed_placement_reruns_the_cells(tmp_path):
+    spec = dict(_spec(), settings=["instr_labels"], k_per_class=[1])
+    calls = []
+    first = sweep.run_sweep(spec, str(tmp_path), loader=_loader(calls))
+    assert {r["instruction_placement"] for r in first} == {"header"} and calls
+    assert all("accuracy_length_normalized" in r for r in first)
+    calls.clear()
+    sweep.run_sweep(dict(spec, instruction_placement="header"), str(tmp_path), loader=_loader(calls))
+    assert not calls  # the default, written out, is the same input: nothing reruns
+    again = sweep.run_sweep(dict(spec, instruction_placement="every_exemplar"), str(tmp_path), loader=_loader(calls))
+    assert calls and {r["instruction_placement"] for r in again} == {"every_exemplar"}
+    with open(tmp_path / "results.csv") as f:
+        assert "instruction_placement" in f.readline()

@@ -1,7 +1,8 @@
 """Prompt builders: in-context classification prompts as pure functions of (seed, dataset, index).
 
-`build_tuning_prompt` makes the paper's symbol-tuning prompts (2-10 exemplars per class, labels
-remapped to tuning-pool symbols, no instruction, random format); `build_eval_prompt` makes the four
+`build_tuning_prompt` makes the paper's symbol-tuning prompts (one k in 2-10 drawn per prompt and shown for
+every class, labels remapped to tuning-pool symbols, no instruction, random format; a prompt that cannot keep
+2 per class within the length budget is refused, never cut further); `build_eval_prompt` makes the four
 evaluation settings (instructions yes/no x natural labels / evaluation-pool symbols, optionally with
 flipped labels); `build_generative_prompt` makes few-shot prompts for open-ended tasks.
 
@@ -23,6 +24,9 @@ from symbol_tuning.data.formats import BLOCK_SEPARATOR, FORMATS, PromptFormat, g
 from symbol_tuning.data.symbols import SymbolPools, sample_label_symbols, symbols_from_uniforms
 
 SETTINGS = ("instr_labels", "labels_only", "instr_only", "neither")
+# Where an evaluation prompt's instruction goes: once before the exemplars, or before every exemplar and the
+# query (the paper's Figure 1).
+INSTRUCTION_PLACEMENTS = ("header", "every_exemplar")
 INSTRUCTION_SETTINGS = ("instr_labels", "instr_only")
 LABEL_SETTINGS = ("instr_labels", "labels_only")
 TUNING_SETTING = "symbol_tuning"
@@ -248,7 +252,7 @@ def _fit_budget(*, header: str, blocks: list[tuple[int, str, int]], query: str, 
         if most <= min_per_class:
             raise PromptTooLongError(
                 f"dataset {dataset!r} index {index}: prompt is {total} long with the fewest exemplars allowed "
-                f"({len(kept)}), over max_input_length={max_input_length}")
+                f"({len(kept)}; fitting keeps {min_per_class} per class), over max_input_length={max_input_length}")
         scale = total / max(estimate, 1)
 
 
@@ -263,13 +267,28 @@ def _finish(*, header: str, blocks: list[tuple[int, str, int]], query: str, min_
                   **fields)
 
 
+def _tuning_rng(seed: int, dataset: str, index: int, attempt: int) -> np.random.Generator:
+    """A tuning prompt's Generator; a redraw of a dropped prompt (attempt > 0) gets a stream of its own."""
+    if attempt < 0:
+        raise ValueError(f"dataset {dataset!r}: attempt must be >= 0, got {attempt}")
+    rng = prompt_rng(seed, dataset, index, _PURPOSE_TUNING)  # also checks seed and index
+    if attempt == 0:
+        return rng
+    return np.random.default_rng(np.random.SeedSequence([seed, stable_hash(dataset), index, _PURPOSE_TUNING,
+                                                         attempt]))
+
+
 def build_tuning_prompt(data: ClassificationData, *, seed: int, index: int, max_input_length: int = 2048,
                         length_fn: Callable[[str], int] = utf8_length, min_per_class: int = 2,
-                        max_per_class: int = 10, pools: SymbolPools | None = None) -> Prompt:
-    """A symbol-tuning prompt: exemplars of every class with labels remapped to tuning symbols, no instruction.
+                        max_per_class: int = 10, pools: SymbolPools | None = None, attempt: int = 0) -> Prompt:
+    """A symbol-tuning prompt: k exemplars of every class (one k drawn from [min_per_class, max_per_class] per
+    prompt, as the paper does), labels remapped to tuning symbols, no instruction.
 
-    The query is `data.examples[order[index % N]]` for a seeded permutation `order`, so indices
-    0..N-1 visit every example once.
+    The query is `data.examples[order[(index + attempt) % N]]` for a seeded permutation `order`, so indices
+    0..N-1 visit every example once. Length fitting drops exemplars down to `min_per_class` per class and
+    raises PromptTooLongError if that does not fit: the caller drops the prompt (task_builders.symbol_task
+    counts it and redraws with `attempt + 1`: the next query in visit order with fresh exemplars and k).
+    A class with fewer usable examples than k shows all it has (`short_classes`: fewer than min_per_class).
     """
     if not 1 <= min_per_class <= max_per_class:
         raise ValueError(f"dataset {data.name!r}: need 1 <= min_per_class <= max_per_class, got "
@@ -279,9 +298,9 @@ def build_tuning_prompt(data: ClassificationData, *, seed: int, index: int, max_
     order = _visit_order(data, seed)
     cache = _label_groups(data)
     num_classes = data.num_classes
-    uniforms = _Uniforms(prompt_rng(seed, data.name, index, _PURPOSE_TUNING),
+    uniforms = _Uniforms(_tuning_rng(seed, data.name, index, attempt),
                          size=4 + num_classes * (2 * max_per_class + 4))
-    query_index = order[index % len(order)]
+    query_index = order[(index + attempt) % len(order)]
     query = data.examples[query_index]
     fmt = FORMATS[uniforms.below(len(FORMATS))]
     symbols = symbols_from_uniforms(uniforms, num_classes, pool="tuning", pools=pools)
@@ -289,7 +308,7 @@ def build_tuning_prompt(data: ClassificationData, *, seed: int, index: int, max_
     head = fmt.input_prefix
     blocks: list[tuple[int, str, int]] = []
     short: list[int] = []
-    span = max_per_class - min_per_class + 1
+    k = min_per_class + uniforms.below(max_per_class - min_per_class + 1)  # one k for every class
     for label, group in enumerate(cache.groups):
         exclude = cache.position[query_index] if label == query.label else -1
         available = len(group) - (exclude >= 0)
@@ -300,30 +319,42 @@ def build_tuning_prompt(data: ClassificationData, *, seed: int, index: int, max_
         if available < min_per_class:
             short.append(label)
         tail = fmt.joiner + fmt.output_prefix + fmt.target(symbols[label])
-        for pos in uniforms.sample(len(group), min_per_class + uniforms.below(span), exclude):
+        for pos in uniforms.sample(len(group), k, exclude):
             i = group[pos]
             blocks.append((label, head + examples[i].text + tail, i))
     blocks = uniforms.shuffle(blocks)
     header = ""
     assert not header, "symbol-tuning prompts never carry an instruction"
     options = tuple(fmt.target(s) for s in symbols)
-    return _finish(header=header, blocks=blocks, query=fmt.query(query.text), min_per_class=1,
+    return _finish(header=header, blocks=blocks, query=fmt.query(query.text), min_per_class=min_per_class,
                    max_input_length=max_input_length, length_fn=length_fn, uniforms=uniforms,
                    dataset=data.name, index=index, targets=options[query.label], options=options,
                    answer=query.label, setting=TUNING_SETTING, format_name=fmt.name, query_index=query_index,
                    short_classes=tuple(short))
 
 
+def check_instruction_placement(placement: str, *, what: str = "instruction_placement") -> str:
+    """`placement` if it is one of INSTRUCTION_PLACEMENTS, else ValueError naming `what` and the allowed values."""
+    if placement not in INSTRUCTION_PLACEMENTS:
+        raise ValueError(f"{what}: unknown instruction placement {placement!r}; allowed: "
+                         f"{', '.join(INSTRUCTION_PLACEMENTS)}")
+    return placement
+
+
 def build_eval_prompt(query_data: ClassificationData, exemplar_data: ClassificationData, *, setting: str,
                       seed: int, index: int, k_per_class: int = 4, flipped: bool = False,
                       max_input_length: int = 2048, length_fn: Callable[[str], int] = utf8_length,
-                      pools: SymbolPools | None = None) -> Prompt:
+                      pools: SymbolPools | None = None, instruction_placement: str = "header") -> Prompt:
     """An evaluation prompt in one of SETTINGS: optional instruction, k exemplars per class, then the query.
 
     Label settings show the natural label names; the others show evaluation-pool symbols. With
-    `flipped` (binary tasks) labels 0 and 1 swap for the exemplars and the query alike.
+    `flipped` (binary tasks) labels 0 and 1 swap for the exemplars and the query alike. The instruction
+    (instruction settings only) comes once before the exemplars (`instruction_placement="header"`), or on
+    its own line before every exemplar and before the query ("every_exemplar", the paper's Figure 1); the
+    exemplars, format and symbols are the same either way.
     """
     name = query_data.name
+    check_instruction_placement(instruction_placement)
     if setting not in SETTINGS:
         raise ValueError(f"dataset {name!r}: unknown evaluation setting {setting!r}; expected one of {SETTINGS}")
     use_instruction = setting in INSTRUCTION_SETTINGS
@@ -365,9 +396,15 @@ def build_eval_prompt(query_data: ClassificationData, exemplar_data: Classificat
             i = group[pos]
             blocks.append((shown(label), fmt.exemplar(exemplar_data.examples[i].text, labels[shown(label)]), i))
     blocks = uniforms.shuffle(blocks)
-    header = query_data.instruction.strip() + BLOCK_SEPARATOR if use_instruction else ""
+    header, query_text = "", fmt.query(query.text)
+    if use_instruction and instruction_placement == "header":
+        header = query_data.instruction.strip() + BLOCK_SEPARATOR
+    elif use_instruction:
+        line = query_data.instruction.strip() + "\n"
+        blocks = [(c, line + text, i) for c, text, i in blocks]
+        query_text = line + query_text
     answer = shown(query.label)
-    return _finish(header=header, blocks=blocks, query=fmt.query(query.text), min_per_class=1,
+    return _finish(header=header, blocks=blocks, query=query_text, min_per_class=1,
                    max_input_length=max_input_length, length_fn=length_fn, uniforms=uniforms, dataset=name,
                    index=index, targets=options[answer], options=options, answer=answer, setting=setting,
                    format_name=fmt.name, flipped=flipped, query_index=index, short_classes=tuple(short))

@@ -3,7 +3,9 @@ generation, over an eval suite (evaluation.suites), and evaluation of every step
 
 For every dataset and setting a prompt is built for every query (pure functions of seed and index, so
 every host builds the same prompts) and scored by evaluation.scoring; the prediction is the argmax option.
-Each record keeps the raw option scores, so every number in a table can be recomputed from the records.
+Each record keeps the raw option scores (summed log-likelihoods, the headline `accuracy`) and the
+length-normalised ones (mean log-likelihood per option token, `accuracy_length_normalized`), with the
+option token counts, so every number in a table can be recomputed from the records.
 
 "flipped" is the paper's flipped-label setting on binary datasets: natural labels, no instruction,
 exemplar and query labels swapped (chance 50%).
@@ -17,7 +19,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from symbol_tuning.data.prompts import SETTINGS, Prompt, build_eval_prompt, build_generative_prompt, utf8_length
+from symbol_tuning.data.prompts import (
+    INSTRUCTION_PLACEMENTS,
+    SETTINGS,
+    Prompt,
+    build_eval_prompt,
+    build_generative_prompt,
+    check_instruction_placement,
+    utf8_length,
+)
 from symbol_tuning.data.token_layout import token_layout, token_length_fn
 from symbol_tuning.evaluation import checkpoint_loading, reporting
 from symbol_tuning.evaluation.scoring import (
@@ -47,7 +57,9 @@ class EvalOptions:
     `k_per_class` exemplars, the model's `max_input_length`, `batch_size` prompts per scoring call and
     the smallest padded prompt length (`min_prompt_bucket`; max_input_length gives a single shape).
     `allow_empty_datasets`: a dataset with no queries is reported as missing in the tables instead of
-    failing the evaluation (it is never averaged in silently)."""
+    failing the evaluation (it is never averaged in silently). `instruction_placement` (one of
+    prompts.INSTRUCTION_PLACEMENTS): the instruction once before the exemplars ("header") or before every
+    exemplar and the query ("every_exemplar", the paper's Figure 1); recorded in every record and summary."""
 
     settings: tuple[str, ...] | None = None
     seed: int = 0
@@ -56,9 +68,11 @@ class EvalOptions:
     batch_size: int = 8
     min_prompt_bucket: int = MIN_PROMPT_BUCKET
     allow_empty_datasets: bool = False
+    instruction_placement: str = INSTRUCTION_PLACEMENTS[0]
 
     def __post_init__(self):
         object.__setattr__(self, "settings", check_settings(self.settings))
+        check_instruction_placement(self.instruction_placement)
         for name in ("k_per_class", "max_input_length", "batch_size", "min_prompt_bucket"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -89,23 +103,33 @@ def _prompt_length_fn(model: BaseModel, vocabulary) -> Callable[[str], int]:
 
 
 def build_dataset_prompts(dataset: EvalDataset, setting: str, *, seed: int, k_per_class: int,
-                          max_input_length: int, length_fn: Callable[[str], int] = utf8_length) -> list[Prompt]:
+                          max_input_length: int, length_fn: Callable[[str], int] = utf8_length,
+                          instruction_placement: str = INSTRUCTION_PLACEMENTS[0]) -> list[Prompt]:
     """One prompt per query of `dataset` in `setting` (FLIPPED: labels_only with flipped labels)."""
     flipped = setting == FLIPPED
     return [build_eval_prompt(dataset.queries, dataset.exemplars, setting="labels_only" if flipped else setting,
                               seed=seed, index=i, k_per_class=k_per_class, flipped=flipped,
-                              max_input_length=max_input_length, length_fn=length_fn)
+                              max_input_length=max_input_length, length_fn=length_fn,
+                              instruction_placement=instruction_placement)
             for i in range(len(dataset.queries.examples))]
 
 
-def _records(prompts: Sequence[Prompt], scores: Sequence[np.ndarray], dataset: str, setting: str) -> list[dict]:
+def _records(prompts: Sequence[Prompt], scores: Sequence[np.ndarray], option_ids: Sequence[Sequence[Sequence[int]]],
+             dataset: str, setting: str, instruction_placement: str) -> list[dict]:
+    """One record per prompt: summed and length-normalised option scores with their argmax predictions."""
     records = []
-    for p, row in zip(prompts, scores):
-        prediction = int(np.argmax(row))
+    for p, row, ids in zip(prompts, scores, option_ids):
+        lengths = np.asarray([len(o) for o in ids], np.float64)
+        normalized = np.asarray(row, np.float64) / lengths  # mean log-likelihood per option token
+        prediction, prediction_norm = int(np.argmax(row)), int(np.argmax(normalized))
         records.append({"dataset": dataset, "setting": setting, "index": p.index, "answer": p.answer,
                         "prediction": prediction, "correct": prediction == p.answer,
-                        "scores": [float(s) for s in row], "num_classes": len(p.options),
-                        "num_exemplars": p.num_exemplars, "format": p.format_name, "options": list(p.options)})
+                        "scores": [float(s) for s in row], "option_lengths": [int(n) for n in lengths],
+                        "scores_length_normalized": [float(s) for s in normalized],
+                        "prediction_length_normalized": prediction_norm,
+                        "correct_length_normalized": prediction_norm == p.answer, "num_classes": len(p.options),
+                        "num_exemplars": p.num_exemplars, "format": p.format_name, "options": list(p.options),
+                        "instruction_placement": instruction_placement})
     return records
 
 
@@ -115,7 +139,8 @@ def evaluate_classification(model: BaseModel, params: Any, work: Sequence[tuple[
     all prompts built first (so bad input fails before compute) and scored together."""
     length_fn = _prompt_length_fn(model, vocabulary)
     built = [(d, s, build_dataset_prompts(d, s, seed=options.seed, k_per_class=options.k_per_class,
-                                          max_input_length=options.max_input_length, length_fn=length_fn))
+                                          max_input_length=options.max_input_length, length_fn=length_fn,
+                                          instruction_placement=options.instruction_placement))
              for d, s in work]
     prompts = [p for _, _, ps in built for p in ps]
     prompt_ids = tokenize_prompts(model, vocabulary, [p.inputs for p in prompts],
@@ -125,7 +150,8 @@ def evaluate_classification(model: BaseModel, params: Any, work: Sequence[tuple[
                            min_prompt_bucket=options.min_prompt_bucket)
     records, at = [], 0
     for dataset, setting, ps in built:
-        records.extend(_records(ps, scores[at:at + len(ps)], dataset.name, setting))
+        records.extend(_records(ps, scores[at:at + len(ps)], option_ids[at:at + len(ps)], dataset.name, setting,
+                                options.instruction_placement))
         at += len(ps)
     return records
 
@@ -163,24 +189,41 @@ def evaluate_generative(model: BaseModel, params: Any, tasks: Sequence[Generativ
             for (name, index, _, target), output in zip(items, outputs)]
 
 
+def _accuracies(hits: Mapping[tuple[str, str], list[bool]]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """(accuracy per setting and dataset, average over datasets per setting) from (setting, dataset) -> hits."""
+    accuracy: dict[str, dict[str, float]] = {}
+    for (setting, dataset), values in hits.items():
+        accuracy.setdefault(setting, {})[dataset] = float(np.mean(values))
+    return accuracy, {s: float(np.mean(list(per.values()))) for s, per in accuracy.items()}
+
+
 def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Accuracy per setting and dataset, the average over datasets per setting, the chance rows and the
-    generative accuracies (per task and per task family), all as fractions in [0, 1]."""
-    accuracy: dict[str, dict[str, float]] = {}
+    generative accuracies (per task and per task family), all as fractions in [0, 1]. Records with
+    length-normalised predictions also give `accuracy_length_normalized` / `average_length_normalized`
+    (`accuracy` stays the summed-score headline), and their `instruction_placement` is recorded."""
     classes: dict[str, int] = {}
     generative: dict[str, list[bool]] = {}
     hits: dict[tuple[str, str], list[bool]] = {}
+    hits_norm: dict[tuple[str, str], list[bool]] = {}
+    placements: set[str] = set()
     for r in records:
         if r["setting"] == GENERATIVE:
             generative.setdefault(r["dataset"], []).append(bool(r["correct"]))
             continue
         hits.setdefault((r["setting"], r["dataset"]), []).append(bool(r["correct"]))
+        if "correct_length_normalized" in r:
+            hits_norm.setdefault((r["setting"], r["dataset"]), []).append(bool(r["correct_length_normalized"]))
+        if "instruction_placement" in r:
+            placements.add(r["instruction_placement"])
         classes[r["dataset"]] = int(r["num_classes"])
-    for (setting, dataset), values in hits.items():
-        accuracy.setdefault(setting, {})[dataset] = float(np.mean(values))
-    average = {s: float(np.mean(list(per.values()))) for s, per in accuracy.items()}
+    accuracy, average = _accuracies(hits)
     summary: dict[str, Any] = {"accuracy": accuracy, "average": average,
                                "num_examples": {f"{s}/{d}": len(v) for (s, d), v in hits.items()}}
+    if hits_norm and hits_norm.keys() == hits.keys() and all(len(hits_norm[k]) == len(v) for k, v in hits.items()):
+        summary["accuracy_length_normalized"], summary["average_length_normalized"] = _accuracies(hits_norm)
+    if placements:
+        summary["instruction_placement"] = placements.pop() if len(placements) == 1 else sorted(placements)
     if classes:
         summary["chance"] = chance_accuracy(list(classes.values()))
     if FLIPPED in accuracy:
@@ -209,6 +252,7 @@ def evaluate(model: BaseModel, params: Any, suite: EvalSuite, *, vocabulary, opt
     records = evaluate_classification(model, params, work, vocabulary=vocabulary, options=options, mesh=mesh)
     records += evaluate_generative(model, params, suite.generative, vocabulary=vocabulary, options=options, mesh=mesh)
     summary = summarize(records)
+    summary["instruction_placement"] = options.instruction_placement
     if empty:
         summary["missing"] = empty
     samples = {d.name: d.sample for d in suite.datasets if d.sample is not None}

@@ -69,16 +69,27 @@ def write_csv(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[st
 
 
 def summary_rows(summary: Mapping[str, Any], *, model: str, **extra: Any) -> list[dict[str, Any]]:
-    """One row per (setting, dataset) plus an "average" row per setting, and one per generative task."""
+    """One row per (setting, dataset) plus an "average" row per setting, and one per generative task; with the
+    length-normalised accuracy and the instruction placement where the summary has them."""
     rows = []
+    if "instruction_placement" in summary:
+        extra = {**extra, "instruction_placement": summary["instruction_placement"]}
+    normalized = summary.get("accuracy_length_normalized", {})
+    normalized_average = summary.get("average_length_normalized", {})
     for setting, per in summary.get("accuracy", {}).items():
         for dataset, acc in per.items():
-            rows.append({"model": model, **extra, "setting": setting, "dataset": dataset, "accuracy": acc})
+            rows.append({"model": model, **extra, "setting": setting, "dataset": dataset, "accuracy": acc,
+                         **_present("accuracy_length_normalized", normalized.get(setting, {}).get(dataset))})
         rows.append({"model": model, **extra, "setting": setting, "dataset": "average",
-                     "accuracy": summary["average"][setting], "chance": chance_for(summary, setting)})
+                     "accuracy": summary["average"][setting], "chance": chance_for(summary, setting),
+                     **_present("accuracy_length_normalized", normalized_average.get(setting))})
     for name, acc in summary.get("generative", {}).items():
         rows.append({"model": model, **extra, "setting": "generative", "dataset": name, "accuracy": acc})
     return rows
+
+
+def _present(key: str, value: Any) -> dict[str, Any]:
+    return {} if value is None else {key: value}
 
 
 def _pct(x: float | None) -> str:
@@ -312,9 +323,12 @@ def write_overview(output_dir: str, per_step: Mapping[int | None, Mapping[str, A
     last step and, with two or more steps, accuracy-vs-step lines. Process 0 only."""
     if not is_process_zero() or not per_step:
         return
-    rows = [{"model": model, "step": step, "setting": s, "accuracy": acc, "chance": chance_for(summary, s)}
+    rows = [{"model": model, "step": step, "setting": s, "accuracy": acc, "chance": chance_for(summary, s),
+             "accuracy_length_normalized": summary.get("average_length_normalized", {}).get(s),
+             "instruction_placement": summary.get("instruction_placement")}
             for step, summary in per_step.items() for s, acc in summary.get("average", {}).items()]
-    write_csv(os.path.join(output_dir, "results.csv"), rows, ["model", "step", "setting", "accuracy", "chance"])
+    write_csv(os.path.join(output_dir, "results.csv"), rows, ["model", "step", "setting", "instruction_placement",
+                                                              "accuracy", "accuracy_length_normalized", "chance"])
     last = list(per_step)[-1]
     _atomic_write(os.path.join(output_dir, "results.md"),
                   "\n".join(summary_markdown(s, title=f"{model} " + ("final" if k is None else f"step {k}"))

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 from etils import epath
 
+from symbol_tuning.data.prompts import INSTRUCTION_PLACEMENTS
 from symbol_tuning.training import checkpoint_integrity, checkpoints, storage
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,9 @@ def checkpoint_identity(path: str, step: int | None) -> dict[str, Any]:
 def cell_inputs(spec: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
     """The suite and settings a cell's number depends on beyond its key (model, variant, step, setting, k)."""
     inputs = {k: spec.get(k) for k in INPUT_KEYS}
+    placement = spec.get("instruction_placement") or INSTRUCTION_PLACEMENTS[0]
+    if placement != INSTRUCTION_PLACEMENTS[0]:  # only when not the default: older records stay current
+        inputs["instruction_placement"] = placement
     inputs["vocabulary"] = entry.get("vocabulary", "bytes")
     config = entry.get("model_config")
     inputs["model_config"] = config
