@@ -18,7 +18,7 @@ VALID = TOKENS != 0
 VALID[:, 0] = True
 
 
-def tiny_hf(tmp_path, kind):
+def tiny_hf(tmp_path, kind, **extra):
     torch.manual_seed(0)
     common = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0,
@@ -26,7 +26,7 @@ def tiny_hf(tmp_path, kind):
     if kind == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
     else:
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, tie_word_embeddings=True))
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, tie_word_embeddings=True, **extra))
     model = model.eval()
     path = str(tmp_path / f"hf_{kind}")
     model.save_pretrained(path, safe_serialization=True)
@@ -52,6 +52,20 @@ def test_import_then_export_via_main_reloads_in_transformers_with_equal_logits(t
     assert export_hf.main([f"--checkpoint={native}", f"--out={out}"]) == 0
     again = transformers.LlamaForCausalLM.from_pretrained(out).eval()
     assert np.max(np.abs(logits(again)[VALID] - ref[VALID])) < 1e-5
+
+
+def test_qwen2_sliding_window_survives_import_native_and_export_commands(tmp_path):
+    """A 3-token window on layer 1 only (max_window_layers=1) over 8-token rows: through import-hf, the native
+    checkpoint's JSON and export-hf, the window's fields and transformers' logits stay the same."""
+    hf_dir, hf = tiny_hf(tmp_path, "qwen2", use_sliding_window=True, sliding_window=3, max_window_layers=1)
+    native, out = str(tmp_path / "native"), str(tmp_path / "back")
+    assert import_hf.main([f"--hf_dir={hf_dir}", f"--out={native}", "--dtype=float32"]) == 0
+    assert export_hf.main([f"--checkpoint={native}", f"--out={out}"]) == 0
+    keys = ("use_sliding_window", "sliding_window", "max_window_layers", "layer_types")
+    original, written = (json.loads(open(os.path.join(d, "config.json")).read()) for d in (hf_dir, out))
+    assert {k: written[k] for k in keys} == {k: original[k] for k in keys}
+    again = transformers.Qwen2ForCausalLM.from_pretrained(out).eval()
+    assert np.max(np.abs(logits(again)[VALID] - logits(hf)[VALID])) < 1e-5
 
 
 def test_cli_modules_run_as_subprocesses_for_tied_qwen2(tmp_path):

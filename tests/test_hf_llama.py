@@ -209,3 +209,112 @@ def test_fused_unscanned_import_matches_hf_and_exports_back_unchanged(tmp_path):
     assert sorted(exported) == sorted(k for k in original if "rotary" not in k)
     for name, value in exported.items():
         np.testing.assert_array_equal(value, original[name].astype(np.float32), err_msg=name)
+
+
+# Sliding-window attention: window 3 over 10-token rows, so most keys fall outside it. Qwen2 with
+# max_window_layers=1 slides on layer 1 only (transformers: layers >= max_window_layers slide).
+WINDOWED = {
+    "mistral": ("mistral", dict(sliding_window=3)),
+    "qwen2_mixed": ("qwen2", dict(use_sliding_window=True, sliding_window=3, max_window_layers=1)),
+    "qwen2_off": ("qwen2", dict(use_sliding_window=False, sliding_window=3, max_window_layers=1)),
+}
+
+
+@pytest.mark.parametrize("case,scan", [("mistral", True), ("qwen2_mixed", False), ("qwen2_off", True)])
+def test_sliding_window_logits_match_hf_beyond_the_window(tmp_path, case, scan):
+    model_type, extra = WINDOWED[case]
+    path, hf = make_hf(tmp_path, model_type, **extra)
+    config, params = import_llama(path, dtype="float32", scan_layers=scan)
+    mixed = ("full_attention", "sliding_attention")
+    expected = {"mistral": (3, None), "qwen2_mixed": (3, mixed), "qwen2_off": (None, mixed)}[case]
+    assert (config.sliding_window, config.layer_types) == expected
+    ref = hf_logits(hf, TOKENS, VALID.astype(np.int64))
+
+    def diff(cfg):
+        ours = np.asarray(DecoderOnlyModel(cfg).compute_logits(params, {"decoder_input_tokens": TOKENS}))
+        return np.max(np.abs(ours[VALID] - ref[VALID]))
+
+    assert diff(config) < 1e-4
+    if case != "qwen2_off":  # the window changes the logits here, so the check above can fail
+        assert diff(config.replace(sliding_window=None, layer_types=None)) > 0.1
+    if case == "qwen2_mixed":  # and so does which layer slides
+        assert diff(config.replace(layer_types=None)) > 0.1
+
+
+@pytest.mark.parametrize("segment_causal", [False, True])
+def test_packed_training_row_applies_the_window_per_segment_like_hf(tmp_path, segment_causal):
+    """The training path (packed rows, segment ids, reset positions) gets the window as HF does per sequence."""
+    path, hf = make_hf(tmp_path, "mistral", sliding_window=3)
+    config, params = import_llama(path, dtype="float32", segment_causal=segment_causal)
+    first, second = TOKENS[0, :6], TOKENS[0, 3:10]
+    batch = {"decoder_input_tokens": np.concatenate([first, second])[None],
+             "decoder_segment_ids": np.array([[1] * 6 + [2] * 7]),
+             "decoder_positions": np.concatenate([np.arange(6), np.arange(7)])[None]}
+    ours = np.asarray(DecoderOnlyModel(config).compute_logits(params, batch))[0]
+    for seq, rows in ((first, slice(0, 6)), (second, slice(6, 13))):
+        ref = hf_logits(hf, seq[None], np.ones((1, len(seq)), np.int64))[0]
+        assert np.max(np.abs(ours[rows] - ref)) < 1e-4
+
+
+@pytest.mark.parametrize("case", ["mistral", "qwen2_mixed"])
+def test_cached_scoring_and_decoding_apply_the_window_like_hf(tmp_path, case):
+    model_type, extra = WINDOWED[case]
+    path, hf = make_hf(tmp_path, model_type, seed=3, **extra)
+    config, params = import_llama(path, dtype="float32")
+    model = DecoderOnlyModel(config)
+    prompts = np.array([[1, 40, 41, 42, 43, 44], [1, 50, 51, 52, 0, 0]], np.int32)
+    plens = np.array([6, 4])
+    options = np.array([[[7, 8, 9], [10, 0, 0]], [[13, 14, 15], [16, 17, 0]]], np.int32)
+    olens = np.array([[3, 1], [3, 2]])
+    scores = np.asarray(model.score_options(params, prompts, plens, options, olens))
+    new = 6
+    decoded = np.asarray(model.decode(params, prompts, plens, max_new_tokens=new, eos_id=-1))
+    for b in range(2):
+        for k in range(2):
+            seq = np.concatenate([prompts[b, :plens[b]], options[b, k, :olens[b, k]]])
+            with torch.no_grad():
+                logp = torch.log_softmax(hf(input_ids=torch.tensor(seq[None])).logits[0], -1).numpy()
+            ref = sum(logp[plens[b] - 1 + j, seq[plens[b] + j]] for j in range(olens[b, k]))
+            assert abs(scores[b, k] - ref) < 1e-4
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor(prompts[b:b + 1, :plens[b]]), do_sample=False, max_new_tokens=new,
+                              min_new_tokens=new, eos_token_id=None, pad_token_id=0,
+                              attention_mask=torch.ones(1, int(plens[b]), dtype=torch.long))
+        np.testing.assert_array_equal(decoded[b], ref[0, plens[b]:].numpy())
+
+
+@pytest.mark.parametrize("case", ["mistral", "qwen2_mixed", "qwen2_off"])
+def test_export_writes_the_window_back_and_transformers_logits_match(tmp_path, case):
+    model_type, extra = WINDOWED[case]
+    path, hf = make_hf(tmp_path, model_type, **extra)
+    config, params = import_llama(path, dtype="float32")
+    out = str(tmp_path / "exported")
+    export_llama(config, params, out)
+    with open(os.path.join(out, "config.json")) as f:
+        written = json.load(f)
+    with open(os.path.join(path, "config.json")) as f:
+        original = json.load(f)  # as transformers itself saved it
+    keys = ("sliding_window",) + (("use_sliding_window", "max_window_layers", "layer_types") if model_type == "qwen2"
+                                  else ())
+    assert {k: written[k] for k in keys} == {k: original[k] for k in keys}
+    reloaded = HF_CLASSES[model_type][1].from_pretrained(out, attn_implementation="eager").eval()
+    ref = hf_logits(hf, TOKENS, VALID.astype(np.int64))
+    again = hf_logits(reloaded, TOKENS, VALID.astype(np.int64))
+    assert np.max(np.abs(again[VALID] - ref[VALID])) < 1e-5
+
+
+def test_windows_that_an_hf_class_cannot_hold_are_refused_and_bad_values_named(tmp_path):
+    from symbol_tuning.models.decoder import DecoderConfig
+    tiny = DecoderConfig.preset("tiny")
+    params = DecoderOnlyModel(tiny).get_initial_variables(jax.random.PRNGKey(0), {"decoder_input_tokens": (1, 4)})
+    with pytest.raises(ValueError, match="sliding_window=8 has no LlamaForCausalLM"):
+        export_llama(tiny.replace(sliding_window=8), params["params"], str(tmp_path / "llama"))
+    mixed = tiny.replace(hf_model_type="mistral", sliding_window=8, layer_types=("full_attention", "sliding_attention"))
+    with pytest.raises(ValueError, match="MistralForCausalLM slides on every layer"):
+        export_llama(mixed, params["params"], str(tmp_path / "mistral"))
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(ValueError, match="sliding_window must be a positive int"):
+        tiny.replace(sliding_window=0)
+    with pytest.raises(ValueError, match="layer_types must list one of"):
+        tiny.replace(layer_types=("sliding_attention",))
+    assert DecoderConfig.from_dict(json.loads(json.dumps(mixed.to_dict()))) == mixed  # native checkpoints' JSON

@@ -32,6 +32,8 @@ from symbol_tuning.models.layers import (
 
 HF_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_new", "gelu_new": "gelu_new"}
 HF_MODEL_TYPES = ("llama", "qwen2", "mistral")
+LAYER_TYPES = ("full_attention", "sliding_attention")
+FULL_WINDOW = 2 ** 31 - 1  # the per-layer window of a full-attention layer when some layer slides
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,12 @@ class DecoderConfig:
     give attention a same-segment mask plus is_causal, so cuDNN skips the blocks above the diagonal,
     instead of one mask with causality folded in); `fp8` (E4M3/E5M2 matmuls, models/fp8.py: this one does
     change the numerics).
+
+    Sliding-window attention (Mistral, Qwen2): `sliding_window` W lets a query see the W most recent
+    positions, itself included (transformers' convention: key position > query position - W), on every
+    layer whose `layer_types` entry is "sliding_attention" (layer_types None: every layer slides); the
+    others attend to the whole causal prefix. sliding_window None: full attention everywhere (a Qwen2
+    config then still keeps its layer_types, i.e. its max_window_layers, for export).
     """
 
     vocab_size: int
@@ -76,8 +84,20 @@ class DecoderConfig:
     eos_id: int = 2
     pad_id: int = 0
     hf_model_type: str = "llama"
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
 
     def __post_init__(self):
+        if isinstance(self.layer_types, list):  # from JSON / gin
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        window = self.sliding_window
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(f"DecoderConfig: sliding_window must be a positive int or None, got {window!r}")
+        if self.layer_types is not None:
+            bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
+            if bad or len(self.layer_types) != self.num_layers:
+                raise ValueError(f"DecoderConfig: layer_types must list one of {LAYER_TYPES} per layer "
+                                 f"({self.num_layers}), got {list(self.layer_types)}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"DecoderConfig: num_heads {self.num_heads} is not a multiple of "
                              f"num_kv_heads {self.num_kv_heads}")
@@ -117,8 +137,9 @@ class DecoderConfig:
     def from_hf_config(cls, hf: Mapping[str, Any], **overrides: Any) -> "DecoderConfig":
         """From an HF config.json dict of model_type llama, qwen2 or mistral.
 
-        A Mistral/Qwen2 sliding attention window is not applied: results are exact for sequences up to
-        the window (4096 tokens for Mistral-7B-v0.1), longer than symbol-tuning prompts need.
+        The attention window follows transformers: Mistral's `sliding_window` on every layer; Qwen2's
+        only with `use_sliding_window`, on the layers `layer_types` marks "sliding_attention" (when
+        absent: layers with index >= `max_window_layers`, the first ones attend fully).
         """
         model_type = hf.get("model_type")
         if model_type not in HF_MODEL_TYPES:
@@ -136,6 +157,7 @@ class DecoderConfig:
         if scaling is not None:
             scaling = {k: v for k, v in dict(scaling).items() if k != "rope_theta"}
         heads = hf["num_attention_heads"]
+        window, layer_types = _hf_window(hf, model_type)
         eos = hf.get("eos_token_id")
         values = dict(
             vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
@@ -148,7 +170,7 @@ class DecoderConfig:
             bos_id=hf.get("bos_token_id") if hf.get("bos_token_id") is not None else 1,
             eos_id=(eos[0] if isinstance(eos, list) else eos) if eos is not None else 2,
             pad_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else 0,
-            hf_model_type=model_type)
+            hf_model_type=model_type, sliding_window=window, layer_types=layer_types)
         values.update(overrides)
         return cls(**values)
 
@@ -177,12 +199,40 @@ class DecoderConfig:
             "eos_token_id": self.eos_id, "pad_token_id": self.pad_id, "torch_dtype": "float32",
         }
         if model_type == "llama":
+            if self.sliding_window is not None:
+                raise ValueError(f"DecoderConfig: sliding_window={self.sliding_window} has no LlamaForCausalLM "
+                                 "equivalent; export it with hf_model_type 'mistral' or 'qwen2'")
             out.update(attention_bias=False, mlp_bias=False)
         if model_type == "mistral":
-            out.update(sliding_window=None)
+            if self.sliding_window is not None and "full_attention" in (self.layer_types or ()):
+                raise ValueError("DecoderConfig: MistralForCausalLM slides on every layer; layer_types with "
+                                 "full_attention layers need hf_model_type 'qwen2'")
+            out.update(sliding_window=self.sliding_window)
         if model_type == "qwen2":
-            out.update(use_sliding_window=False, sliding_window=None)
+            types = [self.layer_type(i) for i in range(self.num_layers)]
+            kinds = self.layer_types or types
+            leading_full = next((i for i, t in enumerate(kinds) if t == "sliding_attention"), self.num_layers)
+            out.update(use_sliding_window=self.sliding_window is not None, sliding_window=self.sliding_window,
+                       max_window_layers=leading_full, layer_types=types)
         return out
+
+    def layer_type(self, layer: int) -> str:
+        """"sliding_attention" if `layer` applies the window, else "full_attention"."""
+        if self.sliding_window is None:
+            return "full_attention"
+        return "sliding_attention" if self.layer_types is None else self.layer_types[layer]
+
+    def layer_windows(self, key_length: int) -> jax.Array | None:
+        """Per-layer windows [num_layers] int32 (FULL_WINDOW on full-attention layers) when one can hide a
+        key among `key_length` slots, else None (positions within a row differ by less than key_length,
+        so a window of at least key_length changes nothing and no mask need be built)."""
+        if self.sliding_window is None or self.sliding_window >= key_length:
+            return None
+        types = [self.layer_type(i) for i in range(self.num_layers)]
+        if "sliding_attention" not in types:
+            return None
+        return jnp.asarray([self.sliding_window if t == "sliding_attention" else FULL_WINDOW for t in types],
+                           jnp.int32)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "DecoderConfig":
@@ -208,6 +258,22 @@ class DecoderConfig:
         if name not in presets:
             raise ValueError(f"unknown decoder preset {name!r}; known: {sorted(presets)}")
         return cls(**{**presets[name], **overrides})
+
+
+def _hf_window(hf: Mapping[str, Any], model_type: str) -> tuple[int | None, tuple[str, ...] | None]:
+    """(sliding_window, layer_types) of an HF config.json as transformers applies them."""
+    if model_type == "mistral":
+        return hf.get("sliding_window"), None  # transformers' Mistral slides on every layer
+    if model_type != "qwen2":
+        return None, None
+    on = bool(hf.get("use_sliding_window")) and hf.get("sliding_window") is not None
+    # Qwen2's layer_types rule when the window is on; when off, transformers writes them all full, and
+    # max_window_layers alone says which layers would slide (kept so that export writes it back)
+    types = hf.get("layer_types") if on else None
+    if types is None:
+        first = hf.get("max_window_layers", 28)  # transformers' Qwen2Config default
+        types = ["sliding_attention" if i >= first else "full_attention" for i in range(hf["num_hidden_layers"])]
+    return (hf["sliding_window"] if on else None), tuple(types)
 
 
 def rope_frequencies(config: DecoderConfig) -> jax.Array:
@@ -244,7 +310,7 @@ class Attention(nn.Module):
     causal_with_mask: bool = False  # is_causal also when a mask is given (segment_causal packing)
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache=None, cache_index=None):
+    def __call__(self, x, positions, mask, cache=None, cache_index=None, key_positions=None, window=None):
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         dense = lambda feats, axes, name, in_axes=1: DenseGeneral(  # noqa: E731
@@ -278,7 +344,11 @@ class Attention(nn.Module):
             new_cache = (k, v)
         if mask is None and cache is not None:
             raise ValueError("Attention: a KV cache needs an explicit mask covering the whole cache")
-        out = attention(q, k.astype(dtype), v.astype(dtype), mask=mask, causal=mask is None or self.causal_with_mask,
+        causal = mask is None or self.causal_with_mask
+        if window is not None:  # this layer's sliding window: keys within `window` positions of the query
+            near = (positions[:, :, None] - key_positions[:, None, :] < window)[:, None]
+            mask = near if mask is None else mask & near
+        out = attention(q, k.astype(dtype), v.astype(dtype), mask=mask, causal=causal,
                         scale=cfg.head_dim ** -0.5, implementation=cfg.attention_impl)
         out = constrain(out, ("batch", "length", "heads", "kv"))
         return dense(cfg.d_model, ("heads", "kv", "embed"), "out", in_axes=2)(out), new_cache
@@ -292,7 +362,7 @@ class Block(nn.Module):
     causal_with_mask: bool = False
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache=None, cache_index=None):
+    def __call__(self, x, positions, mask, cache=None, cache_index=None, key_positions=None, window=None):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         norm = lambda name: RMSNorm(cfg.norm_epsilon, dtype=dtype,  # noqa: E731
@@ -301,7 +371,8 @@ class Block(nn.Module):
                        param_dtype=jnp.dtype(cfg.param_dtype), fused=cfg.fused_projections, fp8=cfg.fp8, name="mlp")
         drop = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         h = norm("input_norm")(x)
-        attn, new_cache = Attention(cfg, self.causal_with_mask, name="attn")(h, positions, mask, cache, cache_index)
+        attn, new_cache = Attention(cfg, self.causal_with_mask, name="attn")(h, positions, mask, cache, cache_index,
+                                                                             key_positions, window)
         if cfg.parallel_block:
             x = x + drop(attn, deterministic=self.deterministic) + drop(
                 mlp(h, deterministic=self.deterministic), deterministic=self.deterministic)
@@ -320,6 +391,9 @@ class DecoderLM(nn.Module):
     cache: (k, v) each [num_layers, B, S, num_kv_heads, head_dim]; new keys are written at cache_index
     and `mask` [B, 1, T, S] must cover the whole cache. With logit_positions [B] only that position's
     logits are computed ([B, 1, V]). causal=True applies is_causal on top of `mask` (segment_causal).
+    With a sliding window (config.sliding_window) longer inputs also hide keys more than the window behind
+    the query, by position: key_positions [B, S] gives each cache slot's position (required with a cache
+    that the window can cover; without a cache the keys are the tokens, at `positions`).
     Logits are float32 unless float32_logits=False (then in the compute dtype, for a loss that upcasts
     them chunk by chunk). Returns (logits, new cache or None).
     """
@@ -328,7 +402,7 @@ class DecoderLM(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions, mask, cache=None, cache_index=None, deterministic: bool = True,
-                 logit_positions=None, causal=None, float32_logits: bool = True):
+                 logit_positions=None, causal=None, float32_logits: bool = True, key_positions=None):
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         embed = Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=pdtype, name="token_embed",
@@ -338,9 +412,16 @@ class DecoderLM(nn.Module):
             x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)
         x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = constrain(x, ("batch", "length", "embed"))
-        in_axes = (nn.broadcast, nn.broadcast, 0, nn.broadcast)
+        windows = cfg.layer_windows(tokens.shape[1] if cache is None else cache[0].shape[2])
+        if windows is not None and cache is None:
+            key_positions = positions
+        if windows is not None and key_positions is None:
+            raise ValueError(f"DecoderLM: sliding_window={cfg.sliding_window} with a KV cache of "
+                             f"{cache[0].shape[2]} slots needs key_positions (each slot's position)")
+        in_axes = (nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast, 0)
         x, new_cache = layer_stack(cfg, Block, cfg.num_layers, deterministic, in_axes,
-                                   (x, positions, mask, cache, cache_index), causal_with_mask=bool(causal))
+                                   (x, positions, mask, cache, cache_index, key_positions, windows),
+                                   causal_with_mask=bool(causal))
         if logit_positions is not None:
             x = jnp.take_along_axis(x, logit_positions[:, None, None].astype(jnp.int32), axis=1)
         x = RMSNorm(cfg.norm_epsilon, dtype=dtype, param_dtype=pdtype, name="final_norm")(x)

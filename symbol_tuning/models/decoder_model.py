@@ -91,7 +91,8 @@ class DecoderOnlyModel(BaseModel):
         mask = jnp.broadcast_to(causal[None, None], (b, 1, lp, cache_len))
         logits, cache = self.module.apply({"params": params}, prompt_tokens, positions, mask,
                                           cache=self._empty_cache(b, cache_len), cache_index=0,
-                                          logit_positions=prompt_lengths - 1)
+                                          logit_positions=prompt_lengths - 1,
+                                          key_positions=jnp.broadcast_to(jnp.arange(cache_len), (b, cache_len)))
         return logits[:, 0], cache
 
     def score_options(self, params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
@@ -121,8 +122,9 @@ class DecoderOnlyModel(BaseModel):
         own = (option_id[:, None] == option_id[None, :]) & (offset[:, None] >= offset[None, :])
         mask = jnp.concatenate([jnp.broadcast_to(prompt_keys[:, None, :], (b, k * lo, lp)),
                                 jnp.broadcast_to(own[None], (b, k * lo, k * lo))], axis=-1)[:, None]
+        key_positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(lp), (b, lp)), positions], axis=1)
         logits, _ = self.module.apply({"params": params}, option_tokens.reshape(b, k * lo), positions, mask,
-                                      cache=cache, cache_index=lp)
+                                      cache=cache, cache_index=lp, key_positions=key_positions)
         logp = jax.nn.log_softmax(logits.reshape(b, k, lo, -1), axis=-1)
         first = jnp.take_along_axis(jax.nn.log_softmax(last_logits, axis=-1), option_tokens[:, :, 0], axis=-1)
         later = jnp.take_along_axis(logp[:, :, :-1], option_tokens[:, :, 1:, None], axis=-1)[..., 0]
@@ -158,12 +160,14 @@ class DecoderOnlyModel(BaseModel):
         out = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
         slots = jnp.arange(total)
         prompt_keys = slots[None, :] < prompt_lengths[:, None]
+        # slot lp + j holds generated token j, at position prompt_length + j
+        key_positions = jnp.where(slots[None, :] < lp, slots[None, :], prompt_lengths[:, None] + slots[None, :] - lp)
 
         def step(i, state):
             out, cache, token, done = state
             mask = (prompt_keys | ((slots >= lp) & (slots <= lp + i))[None, :])[:, None, None, :]
             logits, cache = self.module.apply({"params": params}, token[:, None], (prompt_lengths + i)[:, None],
-                                              mask, cache=cache, cache_index=lp + i)
+                                              mask, cache=cache, cache_index=lp + i, key_positions=key_positions)
             nxt = pick(logits[:, 0], i + 1)
             nxt = jnp.where(done, 0, nxt)
             out = out.at[:, i + 1].set(nxt)
