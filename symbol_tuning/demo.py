@@ -1,187 +1,364 @@
-"""`symbol-tuning demo`: the paper's experiment in miniature on this machine, offline.
+"""`symbol-tuning demo`: the paper's experiment in miniature on this machine, offline, with error bars.
 
-(a) instruction-tune a tiny byte-level model from scratch on the generated instruction task families
-(the stand-in for a Flan checkpoint); (b) symbol-tune that checkpoint on the generated symbol mixture
-(symbol data mixed with instruction data); (c) evaluate both on the held-out generated families in
-the four settings (instructions yes/no x natural labels / evaluation-pool symbols) and with flipped
-labels; (d) print the paper's Table 1 comparison and write plots. Every artefact (checkpoints,
-TensorBoard logs, results, plots) lands under one run directory, named on the last line.
+For each seed: (a) instruction-tune a tiny word-level decoder from scratch on the reproduction's natural
+families (the stand-in for a Flan checkpoint: it learns their instructions and label words); then, from
+that baseline, (b) symbol-tune it on the synthetic families' symbol prompts and (c) tune a control for
+the same steps on instruction data only. Every arm is evaluated on the held-out families in the four
+settings and with flipped labels, on the same prompts, plus a plateau probe (held-out symbol-tuning
+prompts). Finally effect.json (accuracies, paired differences with 95% intervals, the plateau gate),
+table.md (Table 1 layout, per-family table) and effect.png are written. Each (seed, arm) runs in its own
+single-threaded worker process, `--workers` at a time; a stopped run resumes when rerun on its
+--run_dir, and a stage that did not finish is never reported.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from typing import Any, Sequence
 
-from symbol_tuning.evaluation import reporting
-from symbol_tuning.evaluation.evaluator import EVAL_SETTINGS, EvalOptions
-from symbol_tuning.models.families import FAMILIES, init_shapes
-from symbol_tuning.training import optimizers, partitioning
-
-MODEL_LABEL = "byte-level {family} ({params:.1f}M params)"
-# Named sizes: "cpu" fits 10 minutes on a 2-core laptop CPU; "gpu" is the larger toy reproduction
-# meant for one H100-class GPU within about 10 minutes (not yet timed on one). Explicit flags win.
+ARMS = ("baseline", "symbol_tuned", "control")
+SETTING_TITLES = {"instr_labels": "instr + labels", "labels_only": "labels only", "instr_only": "instr only",
+                  "neither": "neither", "flipped": "flipped labels"}
+# Named sizes; explicit flags win. "cpu": the README's first command, <= 10 minutes on a 2-core machine with
+# every seed; "gpu": one GPU (larger model, budget, seeds), not yet timed on one.
 SIZES = {
     "cpu": {},
-    "gpu": dict(d_model=512, num_layers=6, instruction_steps=3000, symbol_steps=1500, batch_size=64,
-                input_length=1024, eval_queries=100, instruction_learning_rate=3e-3),
+    "gpu": dict(seeds=5, d_model=128, num_layers=4, instruction_steps=300, symbol_steps=5000, batch_size=256,
+                eval_queries=100, workers=1, threads=0),
 }
+# Single-threaded XLA on one ISA level: the same seed gives the same numbers on any x86-64 machine with AVX2,
+# whatever its core count (XLA's CPU code and reduction order depend on both otherwise).
+REPRODUCIBLE_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1 --xla_cpu_max_isa=AVX2"
+DONE = "DONE.json"
+PLATEAU_QUERIES = 8
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="symbol-tuning demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run_dir", default=None, help="where everything is written (default: ./runs/demo-<time>)")
+    p.add_argument("--run_dir", default=None,
+                   help="where everything is written (default: ./runs/demo-<time>); rerun on it to resume")
     p.add_argument("--size", default="cpu", choices=sorted(SIZES),
-                   help="named defaults: cpu (a 2-core laptop, ~8 min) or gpu (one GPU, larger model and budget)")
-    p.add_argument("--family", default="encoder_decoder", choices=tuple(FAMILIES))
+                   help="named defaults: cpu (a 2-core machine, <= 10 min) or gpu (one GPU, larger model and budget)")
+    p.add_argument("--seeds", type=int, default=3, help="independent seeds (each: baseline, symbol-tuned, control)")
     p.add_argument("--d_model", type=int, default=64)
-    p.add_argument("--num_layers", type=int, default=2, help="layers (per stack for the encoder-decoder)")
-    p.add_argument("--instruction_steps", type=int, default=250, help="steps of stage (a)")
-    p.add_argument("--symbol_steps", type=int, default=150, help="steps of stage (b)")
-    p.add_argument("--symbol_rate", type=int, default=50, choices=(16, 33, 50, 66, 83, 100),
-                   help="percent of symbol-tuning data in stage (b)'s mixture (the rest is instruction data)")
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--input_length", type=int, default=512, help="prompt tokens (bytes); longer prompts drop exemplars")
-    p.add_argument("--target_length", type=int, default=32)
-    p.add_argument("--instruction_learning_rate", type=float, default=1e-2)
-    p.add_argument("--symbol_learning_rate", type=float, default=3e-3)
+    p.add_argument("--num_layers", type=int, default=2)
+    p.add_argument("--instruction_steps", type=int, default=100, help="steps of stage (a), the baseline")
+    p.add_argument("--symbol_steps", type=int, default=250,
+                   help="steps of stage (b), symbol tuning; the control arm trains as many")
+    p.add_argument("--symbol_rate", type=int, default=100, choices=(50, 80, 100),
+                   help="percent of symbol data in stage (b) (the rest instruction data); 100 as in Table 1")
+    p.add_argument("--batch_size", type=int, default=64, help="packed rows per step")
+    p.add_argument("--learning_rate", type=float, default=3e-3)
+    p.add_argument("--input_length", type=int, default=128, help="prompt tokens (word-level)")
     p.add_argument("--eval_queries", type=int, default=40, help="queries per held-out family and setting")
-    p.add_argument("--k_per_class", type=int, default=EvalOptions.k_per_class)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="worker processes at a time (one per core)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="XLA threads per worker: 1 is reproducible across machines; 0 lets XLA choose")
+    p.add_argument("--seed", type=int, default=0, help="the first seed; seeds are seed .. seed + seeds - 1")
+    p.add_argument("--unit", default=None, help=argparse.SUPPRESS)
     return p
 
 
-def _model(args: argparse.Namespace):
+def _write_json(path: str, value: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+def _model(cfg: dict):
     from symbol_tuning.train import build_model
 
-    heads = max(1, args.d_model // 32)
-    if args.family == "encoder_decoder":
-        overrides = dict(vocab_size=384, d_model=args.d_model, num_heads=heads, d_kv=32, d_ff=2 * args.d_model,
-                         num_encoder_layers=args.num_layers, num_decoder_layers=args.num_layers)
-    else:
-        overrides = dict(vocab_size=384, d_model=args.d_model, num_heads=heads, num_kv_heads=heads, head_dim=32,
-                         d_ff=2 * args.d_model, num_layers=2 * args.num_layers,
-                         max_position_embeddings=args.input_length + args.target_length)
-    overrides.update(dtype="float32", dropout_rate=0.0)
-    return build_model(family=args.family, preset="tiny", overrides=overrides)
+    heads = max(1, cfg["d_model"] // 16)
+    return build_model(family="decoder_only", preset="tiny", overrides=dict(
+        vocab_size=cfg["vocab_size"], d_model=cfg["d_model"], num_heads=heads, num_kv_heads=heads,
+        head_dim=cfg["d_model"] // heads, d_ff=2 * cfg["d_model"], num_layers=cfg["num_layers"],
+        max_position_embeddings=cfg["input_length"] + 8, dtype="float32", dropout_rate=0.0))
 
 
-def _train_stage(*, args, model, model_dir: str, mixture: str, steps: int, learning_rate: float,
-                 init_checkpoint: str | None) -> Any:
+def _train(cfg: dict, model, *, mixture: str, steps: int, model_dir: str, init: str | None, seed: int):
+    import functools
+
     from symbol_tuning.train import train
+    from symbol_tuning.training import optimizers, partitioning
 
+    warmup = min(100, steps // 5)
     return train(model=model, mixture_or_task_name=mixture, model_dir=model_dir, train_steps=steps,
-                 batch_size=args.batch_size,
-                 feature_lengths={"inputs": args.input_length, "targets": args.target_length},
-                 vocabulary="bytes", pack=True, seed=args.seed, checkpoint_every=max(steps // 2, 1),
-                 keep_checkpoints=2, log_every=max(steps // 20, 1),
-                 optimizer=functools.partial(optimizers.make_optimizer, name="adafactor"),
-                 learning_rate_fn=optimizers.make_schedule(kind="constant", base_learning_rate=learning_rate),
-                 mesh_config=partitioning.MeshConfig(ici_data=-1), init_checkpoint=init_checkpoint,
-                 z_loss=1e-4)
+                 batch_size=cfg["batch_size"], feature_lengths={"inputs": cfg["input_length"], "targets": 4},
+                 vocabulary=cfg["vocabulary"], pack=True, seed=seed, checkpoint_every=max(steps // 4, 1),
+                 keep_checkpoints=1, log_every=max(steps // 10, 1),
+                 optimizer=functools.partial(optimizers.make_optimizer, name="adamw", max_grad_norm=1.0),
+                 learning_rate_fn=optimizers.make_schedule(kind="constant", base_learning_rate=cfg["learning_rate"],
+                                                           warmup_steps=warmup),
+                 mesh_config=partitioning.MeshConfig(ici_data=-1), init_checkpoint=init)
 
 
-def _evaluate(*, args, model, params, suite, label: str, out_dir: str) -> dict:
-    from symbol_tuning.data.vocabularies import ByteVocabulary
-    from symbol_tuning.evaluation.evaluator import evaluate
+def _plateau_suite():
+    """Held-out prompts of the symbol-tuning families with tuning symbols: the trained task, unseen texts."""
+    from symbol_tuning.data.embedded import lexicons
+    from symbol_tuning.data.symbols import SymbolPools
+    from symbol_tuning.evaluation.suites import EvalDataset, suite_from_data
 
+    pools = lexicons.reproduction_pools()
+    as_eval = SymbolPools(tuning=pools.tuning, evaluation=pools.tuning)
+    datasets = [EvalDataset(name=f.name, pools=as_eval,
+                            queries=lexicons.lexicon_classification(f, split="eval", num_examples=PLATEAU_QUERIES),
+                            exemplars=lexicons.lexicon_classification(f, split="train", num_examples=64))
+                for f in lexicons.synthetic_families()]
+    return suite_from_data("plateau", datasets)
+
+
+def _evaluate(cfg: dict, model, params, *, seed: int, out_dir: str) -> dict:
+    import numpy as np
+
+    from symbol_tuning.data.vocabularies import get_vocabulary
+    from symbol_tuning.evaluation import reporting
+    from symbol_tuning.evaluation.evaluator import EVAL_SETTINGS, EvalOptions, evaluate
+    from symbol_tuning.evaluation.suites import build_suite
+
+    vocabulary = get_vocabulary(cfg["vocabulary"])
+    options = EvalOptions(settings=EVAL_SETTINGS, seed=seed, k_per_class=4, max_input_length=cfg["input_length"],
+                          batch_size=64, min_prompt_bucket=cfg["input_length"])
+    suite = build_suite("reproduction", max_queries=cfg["eval_queries"], seed=0)
+    result = evaluate(model, params, suite, vocabulary=vocabulary, options=options)
+    reporting.write_step_results(out_dir, step=None, records=result.records, summary=result.summary,
+                                 model=cfg["unit_label"])
+    probe = evaluate(model, params, _plateau_suite(), vocabulary=vocabulary,
+                     options=EvalOptions(settings=("neither",), seed=seed, k_per_class=4,
+                                         max_input_length=cfg["input_length"], batch_size=64,
+                                         min_prompt_bucket=cfg["input_length"]))
+    losses = [-r["scores"][r["answer"]] for r in probe.records]
+    plateau = {"symbol_loss": float(np.mean(losses)), "accuracy": float(np.mean([r["correct"] for r in probe.records])),
+               "num_prompts": len(losses), "num_classes": sorted({int(r["num_classes"]) for r in probe.records})}
+    reporting.write_jsonl(os.path.join(out_dir, "plateau_records.jsonl"), probe.records)
+    return plateau
+
+
+def run_unit(spec: dict) -> int:
+    """One (seed, arm): train it (resuming a stopped run), save its weights, evaluate it; DONE.json last."""
+    import jax
+
+    from symbol_tuning.models.native_io import save_native
+
+    cfg, seed, arm, unit_dir = spec["config"], spec["seed"], spec["arm"], spec["dir"]
+    model = _model(cfg)
+    native = os.path.join(unit_dir, "native")
     start = time.time()
-    options = EvalOptions(settings=EVAL_SETTINGS, seed=args.seed, k_per_class=args.k_per_class,
-                          max_input_length=args.input_length, batch_size=32, min_prompt_bucket=args.input_length)
-    result = evaluate(model, params, suite, vocabulary=ByteVocabulary(), options=options)
-    reporting.write_step_results(out_dir, step=None, records=result.records, summary=result.summary, model=label)
-    print(f"  evaluated {len(result.records)} prompts in {time.time() - start:.0f}s", flush=True)
-    return result.summary
+    if arm == "baseline":
+        mixture, steps, init = "reproduction_instructions", cfg["instruction_steps"], None
+    else:
+        mixture = f"reproduction_symbol_{cfg['symbol_rate']}" if arm == "symbol_tuned" else "reproduction_instructions"
+        steps, init = cfg["symbol_steps"], spec["init"]
+    result = _train(cfg, model, mixture=mixture, steps=steps, model_dir=os.path.join(unit_dir, "train"), init=init,
+                    seed=seed + (0 if arm == "baseline" else 1000))
+    if result.step < steps:
+        print(f"demo worker seed {seed} {arm}: stopped at step {result.step} of {steps}", file=sys.stderr)
+        return 3
+    if not os.path.exists(os.path.join(native, "config.json")):
+        tmp = native + ".tmp"
+        if os.path.exists(tmp):
+            import shutil
+
+            shutil.rmtree(tmp)
+        save_native(model.config, jax.device_get(result.state.params), tmp)
+        os.replace(tmp, native)
+    train_s = time.time() - start
+    cfg = {**cfg, "unit_label": f"{arm} (seed {seed})"}
+    plateau = _evaluate(cfg, model, result.state.params, seed=seed, out_dir=os.path.join(unit_dir, "eval"))
+    _write_json(os.path.join(unit_dir, DONE), {
+        "seed": seed, "arm": arm, "steps": steps, "train_loss": result.last_metrics.get("train/loss"),
+        "plateau": plateau, "train_and_save_s": round(train_s, 1), "wall_s": round(time.time() - start, 1)})
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parent side
+class _Stopped(Exception):
+    pass
+
+
+def _units(args, run_dir: str, config: dict) -> list[dict]:
+    units = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        base = os.path.join(run_dir, f"seed_{seed}", "baseline")
+        units.append({"seed": seed, "arm": "baseline", "dir": base, "needs": None, "config": config})
+        for arm in ("symbol_tuned", "control"):
+            units.append({"seed": seed, "arm": arm, "dir": os.path.join(run_dir, f"seed_{seed}", arm),
+                          "needs": base, "init": os.path.join(base, "native"), "config": config})
+    return units
+
+
+def _done(unit_dir: str) -> bool:
+    return os.path.isfile(os.path.join(unit_dir, DONE))
+
+
+def _worker_env(threads: int) -> dict:
+    """Each worker is one single-device process: a simulated device count from the caller is dropped."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if not f.startswith("--xla_force_host_platform_device_count"))
+    if threads == 1:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + REPRODUCIBLE_XLA_FLAGS).strip()
+    elif threads > 1:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" intra_op_parallelism_threads={threads}").strip()
+    env.setdefault("PYTHONHASHSEED", "0")
+    return env
+
+
+def _schedule(units: list[dict], *, workers: int, threads: int) -> None:
+    """Run the units not yet done, `workers` at a time, each after the unit it needs; stop all on SIGTERM."""
+    pending = [u for u in units if not _done(u["dir"])]
+    running: dict[subprocess.Popen, dict] = {}
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while pending or running:
+            if stop["signal"] is not None:
+                for proc in running:
+                    proc.send_signal(signal.SIGTERM)
+                names = [f"seed {u['seed']} {u['arm']}" for u in running.values()]
+                for proc in running:
+                    proc.wait()
+                raise _Stopped(f"stopped by signal {stop['signal']} during: {', '.join(names) or 'scheduling'}")
+            ready = sorted((u for u in pending if u["needs"] is None or _done(u["needs"])),
+                           key=lambda u: (u["arm"] != "baseline", u["seed"]))  # baselines first: they unlock arms
+            while ready and len(running) < workers:
+                unit = ready.pop(0)
+                pending.remove(unit)
+                os.makedirs(unit["dir"], exist_ok=True)
+                log = open(os.path.join(unit["dir"], "worker.log"), "a", encoding="utf-8")
+                spec = {k: v for k, v in unit.items() if k != "needs"}
+                proc = subprocess.Popen([sys.executable, "-m", "symbol_tuning.demo", "--unit", json.dumps(spec)],
+                                        stdout=log, stderr=subprocess.STDOUT, env=_worker_env(threads))
+                log.close()
+                running[proc] = unit
+                print(f"  started seed {unit['seed']} {unit['arm']}", flush=True)
+            for proc in [p for p in running if p.poll() is not None]:
+                unit = running.pop(proc)
+                if proc.returncode != 0 or not _done(unit["dir"]):
+                    for other in running:
+                        other.send_signal(signal.SIGTERM)
+                    for other in running:
+                        other.wait()
+                    tail = open(os.path.join(unit["dir"], "worker.log"), encoding="utf-8").read()[-3000:]
+                    raise RuntimeError(f"seed {unit['seed']} {unit['arm']} failed (exit {proc.returncode}); "
+                                       f"log {unit['dir']}/worker.log ends:\n{tail}")
+                done = _read_json(os.path.join(unit["dir"], DONE))
+                print(f"  finished seed {unit['seed']} {unit['arm']} in {done['wall_s']:.0f}s "
+                      f"(probe loss {done['plateau']['symbol_loss']:.3f}, "
+                      f"probe accuracy {100 * done['plateau']['accuracy']:.0f}%)", flush=True)
+            time.sleep(0.2)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def _report(args, run_dir: str, units: list[dict], wall_s: float) -> str:
+    from symbol_tuning.evaluation import effect, reporting
+    from symbol_tuning.evaluation.evaluator import EVAL_SETTINGS
+
+    per_seed: list[dict] = []
+    losses, classes = [], []
+    for seed in range(args.seed, args.seed + args.seeds):
+        arms = {}
+        for unit in (u for u in units if u["seed"] == seed):
+            arms[unit["arm"]] = reporting.read_jsonl(os.path.join(unit["dir"], "eval", "final", "records.jsonl"))
+            if unit["arm"] == "symbol_tuned":
+                done = _read_json(os.path.join(unit["dir"], DONE))
+                losses.append(done["plateau"]["symbol_loss"])
+                classes += done["plateau"]["num_classes"]
+        per_seed.append(arms)
+    result = effect.compute_effect(per_seed, list(EVAL_SETTINGS), plateau_gate=effect.plateau(losses, classes))
+    result["wall_time_s"] = round(wall_s, 1)
+    result["config"] = {k: v for k, v in vars(args).items() if k not in ("unit", "run_dir")}
+    chance = 0.5
+    effect.plot_effect(result, os.path.join(run_dir, "effect.png"), chance=chance, setting_titles=SETTING_TITLES)
+    table = effect.table1_markdown(result, SETTING_TITLES)
+    per_family = effect.per_dataset_markdown(per_seed, list(EVAL_SETTINGS), SETTING_TITLES)
+    text = (f"# symbol-tuning demo\n\nword-level decoder, d_model {args.d_model}, {args.num_layers} layers; "
+            f"{args.seeds} seeds; {args.instruction_steps} instruction steps, then {args.symbol_steps} steps of "
+            f"symbol tuning ({args.symbol_rate}% symbol data) or of control instruction tuning; "
+            f"{args.eval_queries} queries per held-out family and setting; chance {100 * chance:.0f}%; "
+            f"wall time {wall_s / 60:.1f} min\n\nAverage accuracy (%) over the held-out families and seeds; "
+            f"differences in points with 95% intervals:\n\n{table}\nPer family (%):\n\n{per_family}")
+    with open(os.path.join(run_dir, "table.md.tmp"), "w", encoding="utf-8") as f:
+        f.write(text)
+    _write_json(os.path.join(run_dir, "effect.json"), result)
+    os.replace(os.path.join(run_dir, "table.md.tmp"), os.path.join(run_dir, "table.md"))
+    return text
 
 
 def run(args: argparse.Namespace) -> str:
-    """Run the four stages and return the run directory."""
-    import jax
-    import numpy as np
+    """Run every (seed, arm) not yet done, then write effect.json, table.md and effect.png; return the run dir."""
+    from symbol_tuning.data.embedded import lexicons
+    from symbol_tuning.data.vocabularies import write_word_level_tokenizer
 
-    from symbol_tuning.evaluation.suites import build_suite, chance_accuracy
-    from symbol_tuning.models.native_io import save_native
-
-    run_dir = os.path.abspath(args.run_dir or os.path.join("runs", time.strftime("demo-%Y%m%d-%H%M%S")))
+    run_dir = args.run_dir
     os.makedirs(run_dir, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("unit", "run_dir", "workers")}
+    saved = os.path.join(run_dir, "demo_config.json")
+    if os.path.exists(saved) and _read_json(saved) != settings:
+        raise ValueError(f"{saved}: this run directory was started with other settings "
+                         f"({_read_json(saved)}); use a new --run_dir or the same flags to resume")
+    _write_json(saved, settings)
+    for stale in ("effect.json", "table.md"):
+        if os.path.exists(os.path.join(run_dir, stale)):
+            os.remove(os.path.join(run_dir, stale))  # rewritten only once every unit is done
     t0 = time.time()
-    model = _model(args)
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(jax.eval_shape(
-        lambda: model.get_initial_variables(jax.random.PRNGKey(0), init_shapes(model.family, 1, 8)))["params"]))
-    label = MODEL_LABEL.format(family=args.family.replace("_", "-"), params=n_params / 1e6)
-    print(f"symbol-tuning demo: {label}, run directory {run_dir}", flush=True)
-
-    print(f"\n(a) instruction tuning from scratch: {args.instruction_steps} steps on 'embedded_symbol_0' "
-          "(generated instruction families)", flush=True)
-    base = _train_stage(args=args, model=model, model_dir=os.path.join(run_dir, "a_instruction_tuned"),
-                        mixture="embedded_symbol_0", steps=args.instruction_steps,
-                        learning_rate=args.instruction_learning_rate, init_checkpoint=None)
-    base_ckpt = os.path.join(run_dir, "a_instruction_tuned", "native")
-    if not os.path.exists(os.path.join(base_ckpt, "config.json")):
-        save_native(model.config, jax.device_get(base.state.params), base_ckpt)
-
-    mixture = f"embedded_symbol_{args.symbol_rate}"
-    print(f"\n(b) symbol tuning: {args.symbol_steps} steps on '{mixture}' ({args.symbol_rate}% symbol data, "
-          "starting from (a))", flush=True)
-    tuned = _train_stage(args=args, model=model, model_dir=os.path.join(run_dir, "b_symbol_tuned"),
-                         mixture=mixture, steps=args.symbol_steps, learning_rate=args.symbol_learning_rate,
-                         init_checkpoint=base_ckpt)
-    tuned_ckpt = os.path.join(run_dir, "b_symbol_tuned", "native")
-    if not os.path.exists(os.path.join(tuned_ckpt, "config.json")):
-        save_native(model.config, jax.device_get(tuned.state.params), tuned_ckpt)
-
-    suite = build_suite("embedded", max_queries=args.eval_queries, seed=args.seed)
-    print(f"\n(c) evaluation on {len(suite.datasets)} held-out families x {len(EVAL_SETTINGS)} settings "
-          f"(flipped: binary families only), {args.eval_queries} queries each", flush=True)
-    rows = []
-    for variant, result, name in (("baseline", base, "instruction-tuned"), ("tuned", tuned, "symbol-tuned")):
-        print(f"  {name} model:", flush=True)
-        summary = _evaluate(args=args, model=model, params=result.state.params, suite=suite, label=name,
-                            out_dir=os.path.join(run_dir, "c_eval", variant))
-        rows += reporting.summary_rows(summary, model=label, variant=variant)
-
-    averages = [r for r in rows if r["dataset"] == "average"]
-    table = reporting.table1_markdown(averages, settings=list(EVAL_SETTINGS))
-    chance = chance_accuracy(suite.datasets)
-    per_dataset = _per_dataset_table(rows)
-    reporting.write_csv(os.path.join(run_dir, "results.csv"), rows)
-    reporting.write_jsonl(os.path.join(run_dir, "results.jsonl"), rows)
-    reporting.plot_setting_bars(averages, os.path.join(run_dir, "accuracy_by_setting.png"),
-                                title=f"Average accuracy over {len(suite.datasets)} held-out generated families "
-                                      "per prompt setting: instruction-tuned vs symbol-tuned")
-    wall = time.time() - t0
-    text = (f"# symbol-tuning demo\n\n{label}; held-out generated families: {len(suite.datasets)}; "
-            f"chance {100 * chance:.1f}%; wall time {wall / 60:.1f} min\n\n"
-            f"Average accuracy (baseline -> symbol-tuned):\n\n{table}\nPer family:\n\n{per_dataset}")
-    with open(os.path.join(run_dir, "table.md"), "w", encoding="utf-8") as f:
-        f.write(text)
-    with open(os.path.join(run_dir, "demo_config.json"), "w", encoding="utf-8") as f:
-        json.dump(vars(args), f, indent=2)
-    print(f"\n(d) {text}")
+    words = lexicons.vocabulary_words()
+    tokenizer = write_word_level_tokenizer(words, os.path.join(run_dir, "vocabulary"))
+    config = {"vocabulary": f"hf:{tokenizer}", "vocab_size": -(-(len(words) + 3) // 64) * 64,
+              **{k: getattr(args, k) for k in ("d_model", "num_layers", "instruction_steps", "symbol_steps",
+                                               "symbol_rate", "batch_size", "learning_rate", "input_length",
+                                               "eval_queries")}}
+    units = _units(args, run_dir, config)
+    print(f"symbol-tuning demo: {args.seeds} seeds x {len(ARMS)} arms, word-level decoder (d_model {args.d_model}, "
+          f"{args.num_layers} layers, vocabulary {len(words) + 3} words), run directory {run_dir}", flush=True)
+    _schedule(units, workers=args.workers, threads=args.threads)
+    text = _report(args, run_dir, units, time.time() - t0)
+    print(f"\n{text}")
     return run_dir
-
-
-def _per_dataset_table(rows: list[dict]) -> str:
-    per = [r for r in rows if r["dataset"] != "average" and r["setting"] in EVAL_SETTINGS]
-    keyed = [{**r, "model": r["dataset"]} for r in per]
-    return reporting.table1_markdown(keyed, settings=list(EVAL_SETTINGS))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     known, _ = parser.parse_known_args(argv)
+    if known.unit is not None:
+        return run_unit(json.loads(known.unit))
     parser.set_defaults(**SIZES[known.size])
     args = parser.parse_args(argv)
-    for flag in ("instruction_steps", "symbol_steps", "batch_size", "input_length", "target_length",
-                 "eval_queries", "k_per_class", "d_model", "num_layers"):
+    for flag in ("seeds", "instruction_steps", "symbol_steps", "batch_size", "input_length", "eval_queries",
+                 "d_model", "num_layers", "workers"):
         if getattr(args, flag) < 1:
             print(f"symbol-tuning demo: --{flag} must be >= 1, got {getattr(args, flag)}", file=sys.stderr)
             return 2
-    run_dir = run(args)
+    if args.threads < 0:
+        print(f"symbol-tuning demo: --threads must be >= 0, got {args.threads}", file=sys.stderr)
+        return 2
+    args.run_dir = os.path.abspath(args.run_dir or os.path.join("runs", time.strftime("demo-%Y%m%d-%H%M%S")))
+    try:
+        run_dir = run(args)
+    except _Stopped as e:
+        print(f"symbol-tuning demo: {e}; no result was written. Rerun with the same flags and "
+              f"--run_dir={args.run_dir} to resume.", file=sys.stderr)
+        return 143
+    except (RuntimeError, ValueError) as e:
+        print(f"symbol-tuning demo: {e}", file=sys.stderr)
+        return 1
     print(f"run directory: {run_dir}")
     return 0
 

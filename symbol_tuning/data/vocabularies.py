@@ -247,6 +247,36 @@ class HFTokenizerVocabulary(Vocabulary):
         return self._tok.decode(clean, skip_special_tokens=True)
 
 
+WORD_LEVEL_SPECIALS = ("<pad>", "</s>", "<unk>")
+
+
+def write_word_level_tokenizer(words: Sequence[str], directory: str | os.PathLike) -> pathlib.Path:
+    """Write an HF `tokenizers` WordLevel tokenizer over `words` (plus <pad> 0, </s> 1, <unk> 2) to
+    `directory`/tokenizer.json, with a tokenizer_config.json naming its specials; returns the file.
+
+    Texts are split on whitespace and punctuation runs (`Whitespace` pre-tokenizer), so "Output:" is
+    two tokens. Written atomically (a temporary file, then a rename), so a reader never sees half a file.
+    """
+    import tokenizers
+    from tokenizers import models, pre_tokenizers
+
+    words = list(dict.fromkeys(words))
+    clash = sorted(set(words) & set(WORD_LEVEL_SPECIALS))
+    if clash:
+        raise ValueError(f"word-level vocabulary: words {clash} clash with the special tokens {WORD_LEVEL_SPECIALS}")
+    vocab = {tok: i for i, tok in enumerate(list(WORD_LEVEL_SPECIALS) + words)}
+    tok = tokenizers.Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    out = pathlib.Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "bos_token": None}
+    for name, text in (("tokenizer_config.json", json.dumps(config, indent=2)), ("tokenizer.json", tok.to_str())):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out / name)
+    return out / "tokenizer.json"
+
+
 @functools.lru_cache(maxsize=16)
 def get_vocabulary(spec: str) -> Vocabulary:
     """A vocabulary from a spec string: "bytes", "spm:<model file>" or "hf:<tokenizer.json or dir>"."""

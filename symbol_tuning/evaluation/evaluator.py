@@ -110,7 +110,7 @@ def build_dataset_prompts(dataset: EvalDataset, setting: str, *, seed: int, k_pe
     return [build_eval_prompt(dataset.queries, dataset.exemplars, setting="labels_only" if flipped else setting,
                               seed=seed, index=i, k_per_class=k_per_class, flipped=flipped,
                               max_input_length=max_input_length, length_fn=length_fn,
-                              instruction_placement=instruction_placement)
+                              instruction_placement=instruction_placement, pools=dataset.pools)
             for i in range(len(dataset.queries.examples))]
 
 

@@ -194,8 +194,9 @@ def _chance_line(ax, xs_by_value: Mapping[float, list[tuple[float, float]]], lab
 def plot_setting_bars(rows: Sequence[Mapping[str, Any]], path: str, *, title: str = "Accuracy by prompt setting",
                       panel_key: str | None = None) -> None:
     """Grouped bars: one group per prompt setting, one bar per model (or model/variant), each bar labelled
-    with its value; a dashed line at random guessing where rows carry "chance"; one panel per value of
-    `panel_key` (e.g. "k_per_class"). A missing (model, setting) shows no bar, never a 0."""
+    with its value; error bars where rows carry "ci_low" / "ci_high"; a dashed line at random guessing where
+    rows carry "chance"; one panel per value of `panel_key` (e.g. "k_per_class"). A missing (model, setting)
+    shows no bar, never a 0."""
     plt = _pyplot()
     panels = _panels(rows, panel_key)
     settings = list(dict.fromkeys(r["setting"] for r in rows))
@@ -205,11 +206,18 @@ def plot_setting_bars(rows: Sequence[Mapping[str, Any]], path: str, *, title: st
                              sharey=True, squeeze=False)
     for ax, (key, mine) in zip(axes[0], panels):
         value = {(_series(r), r["setting"]): 100 * r["accuracy"] for r in mine if r.get("accuracy") is not None}
+        value_ci = {(_series(r), r["setting"]): (100 * r["ci_low"], 100 * r["ci_high"]) for r in mine
+                    if r.get("accuracy") is not None and r.get("ci_low") is not None}
         for i, label in enumerate(labels):
-            pts = [(j + i * width, value[(label, s)]) for j, s in enumerate(settings) if (label, s) in value]
+            shown = [s for s in settings if (label, s) in value]
+            pts = [(settings.index(s) + i * width, value[(label, s)]) for s in shown]
             if not pts:
                 continue
-            bars = ax.bar([x for x, _ in pts], [v for _, v in pts], width, label=label)
+            errors = None
+            if all((label, s) in value_ci for s in shown):
+                errors = [[value[(label, s)] - value_ci[(label, s)][0] for s in shown],
+                          [value_ci[(label, s)][1] - value[(label, s)] for s in shown]]
+            bars = ax.bar([x for x, _ in pts], [v for _, v in pts], width, label=label, yerr=errors, capsize=3)
             ax.bar_label(bars, fmt="%.0f", fontsize="x-small", padding=1)
         chance: dict[float, list[tuple[float, float]]] = {}
         for j, s in enumerate(settings):

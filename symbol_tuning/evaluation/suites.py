@@ -8,6 +8,8 @@ Built-in suites:
   pool (SUBJ and RAFT files); each dataset's `sample` records that split and the files read. Exemplars
   are split "train".
 - "embedded": the held-out families of our generated data (symbol_tuning.data.embedded.datasets.EVAL_FAMILIES).
+- "reproduction": the embedded reproduction's held-out word-level families
+  (symbol_tuning.data.embedded.lexicons.EVAL_FAMILIES) with the reproduction's symbol pools.
 - "bigbench": BIG-Bench list_functions (LIST_FUNCTIONS_CONCEPTS, 4-shot) and simp_turing_concept
   (the subset in TURING_SUBSETS, whose inputs already hold their exemplars, restricted to programs of at
   most `turing_max_instructions` instructions: the paper's 3, 17 programs / 85 examples), scored by exact
@@ -26,8 +28,9 @@ import numpy as np
 from symbol_tuning.data.bigbench import TURING_MAX_INSTRUCTIONS
 from symbol_tuning.data.examples import ClassificationData, GenerativeData
 from symbol_tuning.data.specs import EVAL_DATASETS, EVAL_MAX_EXAMPLES, get_spec
+from symbol_tuning.data.symbols import SymbolPools
 
-SUITES = ("paper", "embedded", "bigbench")
+SUITES = ("paper", "embedded", "reproduction", "bigbench")
 PAPER_SOURCES = ("local", "hf", "tfds")
 
 # The paper keeps the 20 list_functions concepts with the highest human accuracy, but the staged task.json
@@ -53,6 +56,7 @@ class EvalDataset:
     # where `queries` come from (paper suite: "split", "files") and how they were drawn (max_queries), for the
     # results (summary["query_samples"])
     sample: dict | None = None
+    pools: SymbolPools | None = None  # symbols of the symbol settings (None: the real evaluation pool)
 
     @property
     def num_classes(self) -> int:
@@ -207,6 +211,23 @@ def _embedded(*, datasets: Sequence[str] | None, max_queries: int | None, seed: 
     return EvalSuite(name="embedded", datasets=tuple(out))
 
 
+def _reproduction(*, datasets: Sequence[str] | None, max_queries: int | None, seed: int,
+                  num_exemplars: int = 64) -> EvalSuite:
+    from symbol_tuning.data.embedded import lexicons
+
+    names = _pick(datasets, [f.name for f in lexicons.EVAL_FAMILIES], "reproduction")
+    num_queries = 100 if max_queries is None else max_queries
+    pools = lexicons.reproduction_pools()
+    out = []
+    for name in names:
+        # Queries from the held-out (eval) split, exemplars from the train split, as for the paper's datasets.
+        queries = lexicons.lexicon_classification(name, split="eval", num_examples=num_queries, seed=seed)
+        exemplars = lexicons.lexicon_classification(name, split="train", num_examples=num_exemplars, seed=seed)
+        sample = {"max_queries": num_queries, "seed": int(seed), "method": "generated: balanced eval examples"}
+        out.append(EvalDataset(name=name, queries=queries, exemplars=exemplars, sample=sample, pools=pools))
+    return EvalSuite(name="reproduction", datasets=tuple(out))
+
+
 def bigbench_task_names(concepts: Sequence[str] = LIST_FUNCTIONS_CONCEPTS,
                         turing_subsets: Sequence[str] = TURING_SUBSETS) -> list[str]:
     return [f"list_functions/{c}" for c in concepts] + [f"simple_turing_concept/{s}" for s in turing_subsets]
@@ -258,6 +279,8 @@ def build_suite(name: str, *, data_root: str | None = None, source: str = "local
         return _paper(data_root=data_root, source=source, datasets=datasets, max_queries=max_queries, seed=seed)
     if name == "embedded":
         return _embedded(datasets=datasets, max_queries=max_queries, seed=seed)
+    if name == "reproduction":
+        return _reproduction(datasets=datasets, max_queries=max_queries, seed=seed)
     return _bigbench(data_root=data_root, datasets=datasets, max_queries=max_queries, concepts=concepts,
                      turing_max_instructions=turing_max_instructions)
 
