@@ -47,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="independent seeds (each: baseline, symbol-tuned, control)")
     p.add_argument("--d_model", type=int, default=64)
     p.add_argument("--num_layers", type=int, default=2)
-    p.add_argument("--instruction_steps", type=int, default=100, help="steps of stage (a), the baseline")
-    p.add_argument("--symbol_steps", type=int, default=250,
+    p.add_argument("--instruction_steps", type=int, default=60, help="steps of stage (a), the baseline")
+    p.add_argument("--symbol_steps", type=int, default=200,
                    help="steps of stage (b), symbol tuning; the control arm trains as many")
     p.add_argument("--symbol_rate", type=int, default=100, choices=(50, 80, 100),
                    help="percent of symbol data in stage (b) (the rest instruction data); 100 as in Table 1")

@@ -110,3 +110,18 @@ def test_demo_stopped_by_sigterm_reports_nothing_then_resumes_and_effect_json_ma
 
     again = subprocess.run(cmd[:-2] + ["--eval_queries", "5"], capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "demo_config.json" in again.stderr  # other settings refused, nothing mixed
+
+
+def test_demo_sizes_and_bad_flags(capsys):
+    from symbol_tuning import demo
+
+    parser = demo._parser()
+    parser.set_defaults(**demo.SIZES["gpu"])
+    gpu = parser.parse_args([])
+    assert gpu.seeds >= 3 and gpu.symbol_steps > demo._parser().parse_args([]).symbol_steps
+    assert demo._parser().parse_args([]).seeds >= 3  # the CPU default runs at least 3 seeds
+    for flag in ("--seeds", "--symbol_steps", "--workers"):
+        assert demo.main([flag, "0"]) == 2
+        assert f"{flag} must be >= 1" in capsys.readouterr().err
+    env = demo._worker_env(1)
+    assert "--xla_cpu_max_isa=AVX2" in env["XLA_FLAGS"] and "device_count" not in env["XLA_FLAGS"]

@@ -1,6 +1,7 @@
 """The embedded task families: small text-classification tasks whose label is a deterministic rule of
 the text (a lexicon word, a number's property, a count, an order), each with natural labels and an
-instruction. They stand in for the paper's 22 tuning and 11 evaluation datasets in the laptop demo.
+instruction. They stand in for the paper's 22 tuning and 11 evaluation datasets in the laptop-sized
+`train` / `eval` defaults (the demo's reproduction uses lexicons.py).
 
 A family's `generate(rng, label)` writes a text whose label is `label`, so callers balance classes
 exactly. This module holds the tuning families and the text helpers; `symbol_tuning.data.embedded.datasets` holds
