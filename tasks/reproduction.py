@@ -27,7 +27,7 @@ MIN_PER_CLASS, MAX_PER_CLASS = 2, 4
 
 
 def symbol_task_names() -> list[str]:
-    return [f"symbol_tuning:lex.{f.name}" for f in lexicons.synthetic_families()]
+    return [f"symbol_tuning:lex.{name}" for name in lexicons.synthetic_family_names()]
 
 
 def symbol_mixture(rate: int) -> str:
@@ -38,14 +38,13 @@ def register() -> None:
     """Register the reproduction's tasks and mixtures (idempotent)."""
     if INSTRUCTION_TASK in TaskRegistry.names():
         return
-    pools = lexicons.reproduction_pools()
-    for fam in lexicons.synthetic_families():
-        data = functools.partial(lexicons.lexicon_classification, fam, split="train", num_examples=TUNING_EXAMPLES)
-        held = functools.partial(lexicons.lexicon_classification, fam, split="eval", num_examples=VALIDATION_EXAMPLES)
-        TaskRegistry.add(symbol_task(f"symbol_tuning:lex.{fam.name}", data, num_examples=TUNING_EXAMPLES,
-                                     check_eval=False, validation_loader=held, pools=pools,
+    for name in lexicons.synthetic_family_names():
+        data = functools.partial(lexicons.lexicon_classification, name, split="train", num_examples=TUNING_EXAMPLES)
+        held = functools.partial(lexicons.lexicon_classification, name, split="eval", num_examples=VALIDATION_EXAMPLES)
+        TaskRegistry.add(symbol_task(f"symbol_tuning:lex.{name}", data, num_examples=TUNING_EXAMPLES,
+                                     check_eval=False, validation_loader=held, pools=lexicons.reproduction_pools,
                                      min_per_class=MIN_PER_CLASS, max_per_class=MAX_PER_CLASS,
-                                     origin=f"reproduction family {fam.name!r}"))
+                                     origin=f"reproduction family {name!r}"))
     TaskRegistry.add(instruction_task(INSTRUCTION_TASK, functools.partial(
         lexicons.lexicon_instruction_data, num_examples=INSTRUCTION_EXAMPLES), num_examples=INSTRUCTION_EXAMPLES))
     MixtureRegistry.add(INSTRUCTION_MIXTURE, [(INSTRUCTION_TASK, 1.0)])

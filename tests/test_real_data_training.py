@@ -16,7 +16,12 @@ from symbol_tuning.data.vocabularies import ByteVocabulary
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_local_symbol_mixture_streams_real_sst2_and_cola_prompts_with_symbols(shared_data):
+def test_local_symbol_mixture_streams_real_sst2_and_cola_prompts_with_symbols(shared_data, monkeypatch):
+    from symbol_tuning.data import task_registry
+
+    # Evaluation data loaded by other tests in this process (e.g. SUBJ, which shares sentences with SST-2) is
+    # not part of this mixture's run; the refusal itself is tested below.
+    monkeypatch.setattr(task_registry, "_EVAL_DATA", {})
     name = train.local_symbol_mixture(name="test_local_mix", data_root=str(shared_data), datasets=["sst2", "cola"],
                                       symbol_rate=1.0)
     stream = BatchStream(name, vocabulary=ByteVocabulary(), feature_lengths={"inputs": 1024, "targets": 16},

@@ -50,6 +50,8 @@ def test_importing_tasks_reads_no_data_and_is_fast():
             raise AssertionError("data read at import")
         h.load_classification = i.load_instruction_data = boom
         symbol_tuning.data.embedded.datasets.generated_classification = boom
+        import symbol_tuning.data.embedded.lexicons as lex
+        lex.lexicon_classification = lex.lexicon_instruction_data = lex.reproduction_pools = boom
         t = time.perf_counter()
         import symbol_tuning.tasks
         print(time.perf_counter() - t)

@@ -93,11 +93,13 @@ def symbol_task(name: str, loader: Callable[[], ClassificationData], *, num_exam
                 max_input_length: int = DEFAULT_MAX_INPUT_LENGTH, check_eval: bool = True,
                 validation_loader: Callable[[], ClassificationData] | None = None,
                 origin: str | None = None, min_per_class: int = MIN_PER_CLASS,
-                max_per_class: int = MAX_PER_CLASS, pools: SymbolPools | None = None) -> PromptTask:
+                max_per_class: int = MAX_PER_CLASS,
+                pools: SymbolPools | Callable[[], SymbolPools] | None = None) -> PromptTask:
     """A symbol-tuning task over the data `loader` returns (called once, on first use); with
     `validation_loader`, the same prompts over the source's validation split form `task.validation`.
     `origin` says where the data come from (shown when another registration clashes with the name);
-    `pools` (default: the real pools) goes to prompts.build_tuning_prompt.
+    `pools` (default: the real pools; a function returning them is called on first use, so registering reads
+    nothing) goes to prompts.build_tuning_prompt.
 
     Each prompt draws one k in [min_per_class, max_per_class] for every class. A prompt that cannot keep
     min_per_class per class within the budget is dropped, counted (`metadata["prompt_drops"]`, PromptDrops)
@@ -114,6 +116,7 @@ def symbol_task(name: str, loader: Callable[[], ClassificationData], *, num_exam
                                  check_eval=check_eval, origin=origin, min_per_class=min_per_class,
                                  max_per_class=max_per_class, pools=pools)
     drops = PromptDrops(name, min_per_class)
+    symbol_pools = functools.lru_cache(maxsize=1)(pools if callable(pools) else lambda: pools)
 
     @functools.lru_cache(maxsize=1)
     def data() -> ClassificationData:
@@ -128,7 +131,8 @@ def symbol_task(name: str, loader: Callable[[], ClassificationData], *, num_exam
         for attempt in range(MAX_REDRAWS + 1):
             try:
                 prompt = build_tuning_prompt(source, seed=seed, index=index, min_per_class=min_per_class,
-                                             max_per_class=max_per_class, pools=pools, attempt=attempt, **limits)
+                                             max_per_class=max_per_class, pools=symbol_pools(), attempt=attempt,
+                                             **limits)
             except PromptTooLongError as e:
                 drops.add_dropped(source.name, e)
                 last = e

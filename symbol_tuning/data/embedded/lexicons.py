@@ -18,6 +18,7 @@ tuning and evaluation pools (integers, letters, words), each symbol one word-lev
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 from typing import Sequence
@@ -112,6 +113,7 @@ def _natural_words() -> set[str]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def reproduction_pools() -> SymbolPools:
     """An evenly spread subset of the real symbol pools, each kind alike, skipping any symbol that is a
     format or natural-family word (so a symbol is always its own single token and never a label word)."""
@@ -130,6 +132,12 @@ def reproduction_pools() -> SymbolPools:
     return SymbolPools(tuning=pools["tuning"], evaluation=pools["evaluation"])
 
 
+def synthetic_family_names() -> tuple[str, ...]:
+    """The symbol-tuning families' names (without building them: registering tasks stays cheap)."""
+    return tuple(f"synthetic_{j:02d}" for j in range(NUM_SYNTHETIC_FAMILIES))
+
+
+@functools.lru_cache(maxsize=1)
 def synthetic_families() -> tuple[LexiconFamily, ...]:
     """The symbol-tuning families: binary, markers drawn per family from the item words and the
     evaluation symbols (seen as inputs only)."""
@@ -140,7 +148,7 @@ def synthetic_families() -> tuple[LexiconFamily, ...]:
         picks = _rng("synthetic", j).permutation(len(items))[:num_classes * MARKERS_PER_CLASS]
         markers = tuple(tuple(items[i] for i in picks[c::num_classes]) for c in range(num_classes))
         labels = tuple(f"class{c}" for c in range(num_classes))
-        out.append(LexiconFamily(f"synthetic_{j:02d}", labels, None, markers))
+        out.append(LexiconFamily(synthetic_family_names()[j], labels, None, markers))
     return tuple(out)
 
 
