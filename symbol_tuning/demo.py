@@ -13,6 +13,7 @@ single-threaded worker process, `--workers` at a time; a stopped run resumes whe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -22,8 +23,6 @@ import time
 from typing import Any, Sequence
 
 ARMS = ("baseline", "symbol_tuned", "control")
-SETTING_TITLES = {"instr_labels": "instr + labels", "labels_only": "labels only", "instr_only": "instr only",
-                  "neither": "neither", "flipped": "flipped labels"}
 # Named sizes; explicit flags win. "cpu": the README's first command, <= 10 minutes on a 2-core machine with
 # every seed; "gpu": one GPU (larger model, budget, seeds), not yet timed on one.
 SIZES = {
@@ -65,15 +64,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write_json(path: str, value: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)
+    from symbol_tuning.training import storage
+
+    storage.write_text(path, json.dumps(value, indent=2))
 
 
 def _read_json(path: str) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    from symbol_tuning.training import storage
+
+    return storage.read_json(path)
 
 
 # ---------------------------------------------------------------------------------------------- worker side
@@ -135,9 +134,7 @@ def _evaluate(cfg: dict, model, params, *, seed: int, out_dir: str) -> dict:
     reporting.write_step_results(out_dir, step=None, records=result.records, summary=result.summary,
                                  model=cfg["unit_label"])
     probe = evaluate(model, params, _plateau_suite(), vocabulary=vocabulary,
-                     options=EvalOptions(settings=("neither",), seed=seed, k_per_class=4,
-                                         max_input_length=cfg["input_length"], batch_size=64,
-                                         min_prompt_bucket=cfg["input_length"]))
+                     options=dataclasses.replace(options, settings=("neither",)))
     losses = [-r["scores"][r["answer"]] for r in probe.records]
     plateau = {"symbol_loss": float(np.mean(losses)), "accuracy": float(np.mean([r["correct"] for r in probe.records])),
                "num_prompts": len(losses), "num_classes": sorted({int(r["num_classes"]) for r in probe.records})}
@@ -286,19 +283,19 @@ def _report(args, run_dir: str, units: list[dict], wall_s: float) -> str:
     result["wall_time_s"] = round(wall_s, 1)
     result["config"] = {k: v for k, v in vars(args).items() if k not in ("unit", "run_dir")}
     chance = 0.5
-    effect.plot_effect(result, os.path.join(run_dir, "effect.png"), chance=chance, setting_titles=SETTING_TITLES)
-    table = effect.table1_markdown(result, SETTING_TITLES)
-    per_family = effect.per_dataset_markdown(per_seed, list(EVAL_SETTINGS), SETTING_TITLES)
+    effect.plot_effect(result, os.path.join(run_dir, "effect.png"), chance=chance)
+    table = effect.table1_markdown(result)
+    per_family = effect.per_dataset_markdown(per_seed, list(EVAL_SETTINGS))
     text = (f"# symbol-tuning demo\n\nword-level decoder, d_model {args.d_model}, {args.num_layers} layers; "
             f"{args.seeds} seeds; {args.instruction_steps} instruction steps, then {args.symbol_steps} steps of "
             f"symbol tuning ({args.symbol_rate}% symbol data) or of control instruction tuning; "
             f"{args.eval_queries} queries per held-out family and setting; chance {100 * chance:.0f}%; "
             f"wall time {wall_s / 60:.1f} min\n\nAverage accuracy (%) over the held-out families and seeds; "
             f"differences in points with 95% intervals:\n\n{table}\nPer family (%):\n\n{per_family}")
-    with open(os.path.join(run_dir, "table.md.tmp"), "w", encoding="utf-8") as f:
-        f.write(text)
+    from symbol_tuning.training import storage
+
     _write_json(os.path.join(run_dir, "effect.json"), result)
-    os.replace(os.path.join(run_dir, "table.md.tmp"), os.path.join(run_dir, "table.md"))
+    storage.write_text(os.path.join(run_dir, "table.md"), text)
     return text
 
 

@@ -48,6 +48,14 @@ LENGTHS = np.array([10, 5])
 VALID = (np.arange(10)[None] < LENGTHS[:, None])
 
 
+def hf_option_score(model, prompt, option):
+    """transformers' summed log-likelihood of `option` after `prompt` (the rank-classification reference)."""
+    seq = np.concatenate([prompt, option])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor(seq[None])).logits[0], -1).numpy()
+    return sum(logp[len(prompt) - 1 + j, seq[len(prompt) + j]] for j in range(len(option)))
+
+
 @pytest.mark.parametrize("model_type,heads,kv_heads,tied", [
     ("llama", 4, 4, False),   # GQA ratio 1
     ("llama", 4, 2, True),    # ratio 2, tied embeddings
@@ -130,10 +138,7 @@ def test_score_options_matches_hf_log_likelihoods(tmp_path):
     ours = np.asarray(DecoderOnlyModel(config).score_options(params, prompts, plens, options, olens))
     for b in range(2):
         for k in range(3):
-            seq = np.concatenate([prompts[b, :plens[b]], options[b, k, :olens[b, k]]])
-            with torch.no_grad():
-                logp = torch.log_softmax(hf(input_ids=torch.tensor(seq[None])).logits[0], -1).numpy()
-            ref = sum(logp[plens[b] - 1 + j, seq[plens[b] + j]] for j in range(olens[b, k]))
+            ref = hf_option_score(hf, prompts[b, :plens[b]], options[b, k, :olens[b, k]])
             assert abs(ours[b, k] - ref) < 1e-4
 
 
@@ -271,10 +276,7 @@ def test_cached_scoring_and_decoding_apply_the_window_like_hf(tmp_path, case):
     decoded = np.asarray(model.decode(params, prompts, plens, max_new_tokens=new, eos_id=-1))
     for b in range(2):
         for k in range(2):
-            seq = np.concatenate([prompts[b, :plens[b]], options[b, k, :olens[b, k]]])
-            with torch.no_grad():
-                logp = torch.log_softmax(hf(input_ids=torch.tensor(seq[None])).logits[0], -1).numpy()
-            ref = sum(logp[plens[b] - 1 + j, seq[plens[b] + j]] for j in range(olens[b, k]))
+            ref = hf_option_score(hf, prompts[b, :plens[b]], options[b, k, :olens[b, k]])
             assert abs(scores[b, k] - ref) < 1e-4
         with torch.no_grad():
             ref = hf.generate(torch.tensor(prompts[b:b + 1, :plens[b]]), do_sample=False, max_new_tokens=new,

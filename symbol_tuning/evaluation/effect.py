@@ -24,6 +24,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from symbol_tuning.evaluation import reporting
+from symbol_tuning.evaluation.reporting import SETTING_TITLES
+
 ARMS = ("baseline", "symbol_tuned", "control")
 COMPARISONS = {"diff_vs_baseline": ("symbol_tuned", "baseline"), "diff_vs_control": ("symbol_tuned", "control")}
 RESAMPLES = 2000
@@ -111,12 +114,13 @@ def compute_effect(per_seed: Sequence[Mapping[str, Records]], settings: Sequence
             values = _paired(per_seed, setting, arm, None)
             entry[arm] = _mean(values)
             intervals[arm] = bootstrap_interval(values, key=f"{setting}/{arm}", resamples=resamples)
+        prompts = sum(len(v) for v in values[0])
         for name, (left, right) in COMPARISONS.items():
             values = _paired(per_seed, setting, left, right)
             entry[name] = {"mean": _mean(values),
                            "ci95": bootstrap_interval(values, key=f"{setting}/{name}", resamples=resamples)}
         entry["accuracy_ci95"] = intervals
-        entry["num_prompts_per_seed"] = int(sum(len(v) for v in _paired(per_seed, setting, ARMS[0], None)[0]))
+        entry["num_prompts_per_seed"] = int(prompts)
         out["settings"][setting] = entry
     return out
 
@@ -142,11 +146,11 @@ ARM_TITLES = {"baseline": "instruction-tuned (baseline)", "control": "control (m
               "symbol_tuned": "symbol-tuned"}
 
 
-def table1_markdown(effect: Mapping[str, Any], setting_titles: Mapping[str, str]) -> str:
+def table1_markdown(effect: Mapping[str, Any]) -> str:
     """The paper's Table 1 layout: one row per arm, one column per setting, then the paired differences with
     their 95% intervals, or, when the symbol-tuned model never left the plateau, a line saying so."""
     settings = list(effect["settings"])
-    head = "| model | " + " | ".join(setting_titles.get(s, s) for s in settings) + " |"
+    head = "| model | " + " | ".join(SETTING_TITLES.get(s, s) for s in settings) + " |"
     lines = [head, "|" + "---|" * (len(settings) + 1)]
     for arm in ARMS:
         cells = [_pct(effect["settings"][s][arm]) for s in settings]
@@ -167,10 +171,9 @@ def table1_markdown(effect: Mapping[str, Any], setting_titles: Mapping[str, str]
     return text
 
 
-def per_dataset_markdown(per_seed: Sequence[Mapping[str, Records]], settings: Sequence[str],
-                         setting_titles: Mapping[str, str]) -> str:
+def per_dataset_markdown(per_seed: Sequence[Mapping[str, Records]], settings: Sequence[str]) -> str:
     """Accuracy per held-out dataset and arm (averaged over seeds), one column per setting."""
-    head = "| dataset | model | " + " | ".join(setting_titles.get(s, s) for s in settings) + " |"
+    head = "| dataset | model | " + " | ".join(SETTING_TITLES.get(s, s) for s in settings) + " |"
     lines = [head, "|" + "---|" * (len(settings) + 2)]
     tables = {(arm, s): per_dataset_accuracy(per_seed, s, arm) for arm in ARMS for s in settings}
     datasets = sorted({d for t in tables.values() for d in t})
@@ -192,10 +195,8 @@ def plot_rows(effect: Mapping[str, Any], chance: float) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_effect(effect: Mapping[str, Any], path: str, *, chance: float, setting_titles: Mapping[str, str]) -> None:
+def plot_effect(effect: Mapping[str, Any], path: str, *, chance: float) -> None:
     """Grouped bars per setting (one per arm) with 95% intervals and the chance line (reporting's plot)."""
-    from symbol_tuning.evaluation import reporting
-
     gate = effect["plateau"]
     state = "left the plateau" if gate["left_plateau"] else "never left the plateau: no effect can be read"
     reporting.plot_setting_bars(plot_rows(effect, chance), path,

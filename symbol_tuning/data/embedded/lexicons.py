@@ -99,10 +99,10 @@ def _format_words() -> set[str]:
 
 
 def word_split(text: str) -> list[str]:
-    """The word-level tokens of `text`, split as the reproduction's tokenizer's pre-tokenizer does."""
-    import re
+    """The word-level tokens of `text`: the reproduction tokenizer's own pre-tokenizer (Whitespace)."""
+    from tokenizers.pre_tokenizers import Whitespace
 
-    return re.findall(r"\w+|[^\w\s]+", text)
+    return [word for word, _ in Whitespace().pre_tokenize_str(text)]
 
 
 def _natural_words() -> set[str]:
